@@ -1,0 +1,145 @@
+"""metrics.py against the MIT benchmark's MATLAB values, and the invariants every metric obeys."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import metrics
+from conftest import METRICS_REFERENCE, require
+
+DETERMINISTIC = {"auc_judd": lambda c: metrics.auc_judd(c["sal"], c["fix"]),
+                 "nss": lambda c: metrics.nss(c["sal"], c["fix"]),
+                 "cc": lambda c: metrics.cc(c["sal"], c["dens"]),
+                 "sim": lambda c: metrics.similarity(c["sal"], c["dens"]),
+                 "kld": lambda c: metrics.kl_divergence(c["sal"], c["dens"])}
+
+
+def load_cases():
+    folder = require(METRICS_REFERENCE)
+    arrays = np.load(folder / "cases.npz")
+    reference = json.loads((folder / "reference.json").read_text())["cases"]
+    for name, expected in sorted(reference.items()):
+        case = {k: arrays[f"{name}_{k}"] for k in ("sal", "fix", "other", "dens")}
+        yield name, case, expected
+
+
+def test_deterministic_metrics_match_matlab_reference():
+    cases = list(load_cases())
+    assert len(cases) == 12
+    for name, case, expected in cases:
+        for metric, fn in DETERMINISTIC.items():
+            assert fn(case) == pytest.approx(expected[metric], abs=1e-6), (name, metric)
+
+
+def test_random_auc_metrics_match_matlab_reference_on_average():
+    for name, case, expected in load_cases():
+        borji = np.mean([metrics.auc_borji(case["sal"], case["fix"], rng=s) for s in range(10)])
+        shuffled = np.mean([metrics.auc_shuffled(case["sal"], case["fix"], case["other"], rng=s)
+                            for s in range(10)])
+        assert borji == pytest.approx(expected["auc_borji"], abs=0.015), name
+        assert shuffled == pytest.approx(expected["auc_shuffled"], abs=0.015), name
+
+
+def gaussian_scene(shape=(60, 80), seed=0):
+    """A density with two blobs and fixations sampled from it."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    density = (np.exp(-((ys - 20) ** 2 + (xs - 25) ** 2) / 60.0)
+               + 0.7 * np.exp(-((ys - 40) ** 2 + (xs - 60) ** 2) / 40.0))
+    p = density.ravel() / density.sum()
+    fix = np.zeros(density.size, dtype=bool)
+    fix[rng.choice(density.size, size=60, replace=False, p=p)] = True
+    other = np.zeros(density.size, dtype=bool)
+    other[rng.choice(density.size, size=200, replace=False)] = True
+    return density, fix.reshape(shape), other.reshape(shape)
+
+
+def all_metrics(sal, fix, dens, other):
+    return metrics.score_image(sal, fix, dens, other, n_splits=50, rng=3)
+
+
+def test_density_as_prediction_scores_near_maximum_and_inverted_below_chance():
+    dens, fix, other = gaussian_scene()
+    assert metrics.auc_judd(dens, fix) > 0.9
+    assert metrics.cc(dens, dens) == pytest.approx(1.0)
+    assert metrics.similarity(dens, dens) == pytest.approx(1.0)
+    assert metrics.kl_divergence(dens, dens) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.auc_judd(-dens, fix) < 0.5
+    assert metrics.nss(-dens, fix) < 0
+
+
+def test_scaling_and_shifting_change_no_metric_except_kl_under_shift():
+    dens, fix, other = gaussian_scene()
+    sal = dens + 0.1 * np.random.default_rng(1).random(dens.shape)
+    base = all_metrics(sal, fix, dens, other)
+    scaled = all_metrics(255.0 * sal, fix, dens, other)
+    shifted = all_metrics(sal - 7.0, fix, dens, other)
+    for name in metrics.METRIC_NAMES:
+        assert scaled[name] == pytest.approx(base[name], abs=1e-9), name
+        if name != "kl_divergence":  # KLdiv.m divides by the sum without min-max: not shift-free
+            assert shifted[name] == pytest.approx(base[name], abs=1e-9), name
+    assert shifted["kl_divergence"] != pytest.approx(base["kl_divergence"])
+
+
+def test_constant_map_gives_nan_like_the_reference_without_crashing():
+    dens, fix, other = gaussian_scene()
+    const = np.full(dens.shape, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy division warnings may leak either
+        result = all_metrics(const, fix, dens, other)
+    for name in ("auc_borji", "auc_shuffled", "nss", "cc"):
+        assert np.isnan(result[name]), name
+    # AUC_Judd.m jitters ties by default: a constant map becomes random noise, AUC about 0.5
+    assert result["auc_judd"] == pytest.approx(0.5, abs=0.15)
+    assert np.isnan(metrics.auc_judd(const, fix, jitter=False))
+
+
+def test_no_fixations_gives_nan_and_a_warning():
+    dens, _, other = gaussian_scene()
+    empty = np.zeros(dens.shape, dtype=bool)
+    with pytest.warns(UserWarning, match="no fixations"):
+        assert np.isnan(metrics.auc_judd(dens, empty))
+    with pytest.warns(UserWarning):
+        assert np.isnan(metrics.auc_shuffled(dens, empty, other))
+
+
+def test_resizes_saliency_to_fixation_size_and_accepts_tensors_and_255_maps():
+    dens, fix, other = gaussian_scene(shape=(60, 80))
+    small = metrics.resize_map(dens, (30, 40))
+    assert small.shape == (30, 40)
+    assert metrics.auc_judd(small, fix) == pytest.approx(metrics.auc_judd(dens, fix), abs=0.02)
+    points_255 = fix.astype(np.uint8) * 255
+    assert metrics.nss(torch.from_numpy(dens), points_255) == pytest.approx(metrics.nss(dens, fix))
+
+
+def test_auc_judd_ties_are_jittered_reproducibly():
+    dens, fix, _ = gaussian_scene()
+    quantised = np.round(dens * 4) / 4  # many ties
+    first, second = metrics.auc_judd(quantised, fix), metrics.auc_judd(quantised, fix)
+    assert first == second and 0.5 < first < 1.0
+
+
+def test_shuffled_other_map_rescales_fixations_of_other_images():
+    maps = [np.zeros((10, 20), bool), np.zeros((20, 40), bool), np.zeros((5, 10), bool)]
+    maps[1][19, 39] = True  # bottom-right corner -> (9, 19) at 10x20
+    maps[2][0, 0] = True
+    other = metrics.shuffled_other_map(0, maps, n_others=10)
+    assert other.shape == (10, 20)
+    assert set(map(tuple, np.argwhere(other))) == {(9, 19), (0, 0)}
+
+
+def test_coursework_auc_is_one_for_identical_maps_and_lower_for_inverted():
+    dens, _, _ = gaussian_scene()
+    assert metrics.coursework_auc(dens, dens) == pytest.approx(1.0)
+    assert metrics.coursework_auc(-dens, dens) < 0.5
+
+
+def test_evaluate_dataset_returns_means_of_per_image_values():
+    scenes = [gaussian_scene(seed=s) for s in range(3)]
+    means, rows = metrics.evaluate_dataset([s[0] for s in scenes], [s[1] for s in scenes],
+                                           [s[0] for s in scenes], n_splits=20)
+    assert len(rows) == 3 and set(means) == set(metrics.METRIC_NAMES)
+    assert means["auc_judd"] == pytest.approx(np.mean([r["auc_judd"] for r in rows]))
+    assert means["cc"] == pytest.approx(1.0)
