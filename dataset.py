@@ -1,0 +1,572 @@
+"""Saliency datasets for Mr-CNN: MIT1003 (official layout), the coursework's starter-pack files,
+and a built-in synthetic set; crop geometry and location sampling.
+
+Every dataset becomes a ``SaliencySet``: the images resident as uint8 tensors at the three
+scales (400x400, 250x250, 150x150), the fixation-density maps at 400x400 for drawing training
+locations, and the original-size ground truth (binary fixation points, density) for metrics.
+
+Crop geometry (used for training crops and for dense inference alike): a location is a
+relative position ``(v, u)`` in [0, 1); at a scale of ``S`` pixels its centre pixel is
+``floor(v * S)`` and the 42x42 crop starts 21 pixels above and left of it. Pixels outside the
+image repeat the border (replicate padding).
+
+Command line:
+    python dataset.py split  --data-dir DIR          write splits/mit1003_{train,val,test}.txt
+    python dataset.py export --data-dir DIR --output-dir OUT   write the coursework's files
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from MrCNN import CROP_SIZE
+
+SCALES = (400, 250, 150)
+MAP_SIZE = 400  # fixation maps are kept at this size for drawing training locations
+HALF = CROP_SIZE // 2
+FIXATION_THRESHOLD = 0.9
+NON_FIXATION_THRESHOLD = 0.1
+SPLIT_DIR = Path(__file__).resolve().parent / "splits"
+SPLIT_SEED = 2015
+SPLIT_SIZES = {"train": 803, "val": 100, "test": 100}
+CACHE_VERSION = 1
+STIMULI, MAPS = "ALLSTIMULI", "ALLFIXATIONMAPS"
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+
+
+class DatasetError(Exception):
+    """Bad input data: the message says what, which file and what to do."""
+
+
+# ----------------------------------------------------------------------------- geometry
+def crop_starts(rel, size):
+    """Relative locations [..., 2] (v, u) in [0, 1) -> int64 top-left corners [..., 2] at ``size``."""
+    centre = torch.floor(rel * size).long().clamp_(0, size - 1)
+    return centre - HALF
+
+
+def pad_images(images):
+    """uint8 [N, 3, S, S] -> [N, 3, S + 42, S + 42] with replicated borders (crops never leave it)."""
+    return torch.nn.functional.pad(images.float(), (HALF,) * 4, mode="replicate").to(images.dtype)
+
+
+def cut_crops(padded_scales, image_index, rel, flip=None):
+    """Cut the three-scale crops for a batch of locations, vectorised.
+
+    padded_scales: list of uint8 [N, 3, S + 42, S + 42] (``pad_images`` of each scale);
+    image_index: int64 [B]; rel: float [B, 2] relative (v, u); flip: bool [B] or None.
+    Returns float32 [B, 3 scales, 3, 42, 42] with values in [0, 1].
+    """
+    offsets = torch.arange(CROP_SIZE, device=rel.device)
+    crops = []
+    for padded in padded_scales:
+        size = padded.shape[-1] - 2 * HALF
+        start = crop_starts(rel, size) + HALF  # in padded coordinates
+        rows = (start[:, 0, None] + offsets)[:, :, None]  # [B, 42, 1]
+        cols = (start[:, 1, None] + offsets)[:, None, :]  # [B, 1, 42]
+        crop = padded[image_index[:, None, None], :, rows, cols]  # [B, 42, 42, 3]
+        crops.append(crop.permute(0, 3, 1, 2))
+    crops = torch.stack(crops, dim=1).float().div_(255.0)
+    if flip is not None:
+        crops = torch.where(flip[:, None, None, None, None], crops.flip(-1), crops)
+    return crops
+
+
+def grid_locations(grid_size=50, device="cpu"):
+    """The centres of a grid_size x grid_size grid as relative (v, u): float [grid_size**2, 2]."""
+    centres = (torch.arange(grid_size, device=device, dtype=torch.float64) + 0.5) / grid_size
+    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    return torch.stack([v.reshape(-1), u.reshape(-1)], dim=1).float()
+
+
+# ----------------------------------------------------------------------------- datasets
+@dataclass
+class SaliencySet:
+    """A dataset resident in memory.
+
+    names: N image names; scales: uint8 [N, 3, S, S] for S in SCALES; maps: uint8
+    [N, 400, 400] fixation density scaled so that its maximum is 255; fixations / densities:
+    original-size ground truth (bool [H, W] points, float [H, W] density) per image, or None
+    where unknown; samples: for the coursework's pre-cut training files, fixed crops
+    (float [M, 3, 3, 42, 42]) and labels (float [M]), else None.
+    """
+    names: list
+    scales: list
+    maps: torch.Tensor
+    fixations: list = field(default_factory=list)
+    densities: list = field(default_factory=list)
+    samples: tuple = None
+
+    def __len__(self):
+        return len(self.names)
+
+    def subset(self, indices):
+        """A SaliencySet of the images at ``indices`` (list of ints)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        pick = lambda xs: [xs[i] for i in indices] if xs else []
+        return SaliencySet([self.names[i] for i in indices], [s[idx] for s in self.scales],
+                           self.maps[idx], pick(self.fixations), pick(self.densities))
+
+    def ground_truth(self, i):
+        """(bool fixation points [H, W], float density [H, W]) of image i at its original size."""
+        return self.fixations[i], self.densities[i]
+
+    def pixel_mean_std(self):
+        """Per-channel mean and std of the 400x400 images, values in [0, 1]: two float [3]."""
+        if self.samples is not None:
+            x = self.samples[0].transpose(0, 2).reshape(3, -1).double()
+            return x.mean(1).float(), x.std(1).float()
+        total = torch.zeros(3, dtype=torch.float64)
+        total_sq = torch.zeros(3, dtype=torch.float64)
+        for chunk in self.scales[0].split(64):
+            x = chunk.double().div_(255.0)
+            total += x.sum((0, 2, 3))
+            total_sq += (x * x).sum((0, 2, 3))
+        n = self.scales[0].shape[0] * MAP_SIZE * MAP_SIZE
+        mean = total / n
+        return mean.float(), (total_sq / n - mean ** 2).clamp_min(1e-12).sqrt().float()
+
+
+def to_rgb(image):
+    """PIL image of any mode (L, CMYK, RGBA, I;16, P ...) -> RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        array = 255.0 * array / max(array.max(), 1.0)
+        image = Image.fromarray(array.astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def open_rgb(path):
+    """Decode an image file -> RGB PIL image; raises DatasetError for an unreadable file."""
+    try:
+        with Image.open(path) as image:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+            image.load()
+            return to_rgb(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}. Replace or remove the file.")
+
+
+def open_grey(path):
+    """Decode a map image -> float64 [H, W] (a 16-bit or colour map is read as grey)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "F", "I", "I;16"):
+                image = image.convert("L")
+            return np.asarray(image, dtype=np.float64)
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read map {path}: {error}. Replace or remove the file.")
+
+
+def resize_rgb(image, size):
+    """RGB PIL image -> uint8 [3, size, size] tensor (antialiased bilinear)."""
+    array = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def resize_map_uint8(density, size=MAP_SIZE):
+    """float [H, W] density -> uint8 [size, size], scaled so the maximum is 255."""
+    top = density.max()
+    scaled = density / top if top > 0 else density
+    image = Image.fromarray(scaled.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def mit_layout_names(data_dir):
+    """Names of the stimuli in an MIT-layout folder that have both maps; raises DatasetError.
+
+    data_dir must hold ALLSTIMULI/<name>.<ext> and ALLFIXATIONMAPS/<name>_fixMap.jpg and
+    <name>_fixPts.jpg. Stimuli without maps (or maps without stimuli) are an error that lists
+    a few of them.
+    """
+    data_dir = Path(data_dir)
+    stimuli_dir, maps_dir = data_dir / STIMULI, data_dir / MAPS
+    if not data_dir.is_dir():
+        raise DatasetError(f"data dir {data_dir} does not exist. Download MIT1003 (see README) "
+                           f"and pass its folder with --data-dir.")
+    missing = [d.name for d in (stimuli_dir, maps_dir) if not d.is_dir()]
+    if missing:
+        raise DatasetError(f"data dir {data_dir} has no {' or '.join(missing)} folder: it is not "
+                           f"in the MIT1003 layout (ALLSTIMULI/, ALLFIXATIONMAPS/). See README.")
+    stimuli = {p.stem: p for p in stimuli_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not stimuli:
+        raise DatasetError(f"{stimuli_dir} holds no images (.jpeg/.jpg/.png). See README.")
+    fix_maps = {p.name[: -len("_fixMap.jpg")] for p in maps_dir.glob("*_fixMap.jpg")}
+    fix_pts = {p.name[: -len("_fixPts.jpg")] for p in maps_dir.glob("*_fixPts.jpg")}
+    complete = fix_maps & fix_pts
+    without_maps = sorted(set(stimuli) - complete)
+    without_stimuli = sorted((fix_maps | fix_pts) - set(stimuli))
+    for problem, names in (("stimuli without both _fixMap.jpg and _fixPts.jpg", without_maps),
+                           ("fixation maps without a stimulus", without_stimuli)):
+        if names:
+            raise DatasetError(f"{data_dir}: {len(names)} {problem}, e.g. "
+                               f"{', '.join(names[:3])}. Restore or remove them.")
+    return sorted(stimuli), stimuli
+
+
+def read_split(split, names=None):
+    """Names listed in splits/mit1003_<split>.txt; checks they exist in ``names`` if given."""
+    path = SPLIT_DIR / f"mit1003_{split}.txt"
+    listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if names is not None:
+        unknown = sorted(set(listed) - set(names))
+        if unknown:
+            raise DatasetError(f"split file {path} names {len(unknown)} images that the data "
+                               f"dir lacks, e.g. {', '.join(unknown[:3])}. Use --split all or "
+                               f"the full MIT1003.")
+    return listed
+
+
+def make_splits(names, seed=SPLIT_SEED):
+    """Deterministic 803/100/100 split of the sorted names: a NumPy permutation seeded ``seed``."""
+    names = sorted(names)
+    if len(names) != sum(SPLIT_SIZES.values()):
+        raise DatasetError(f"MIT1003 has 1003 images; found {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    out, start = {}, 0
+    for split, size in SPLIT_SIZES.items():
+        out[split] = sorted(names[i] for i in order[start:start + size])
+        start += size
+    return out
+
+
+def _decode_one(args):
+    """Worker: (stimulus path, maps dir, name) -> resized arrays, or a warning string."""
+    path, maps_dir, name = args
+    try:
+        image = open_rgb(path)
+        density = open_grey(Path(maps_dir) / f"{name}_fixMap.jpg")
+        points = open_grey(Path(maps_dir) / f"{name}_fixPts.jpg")
+    except DatasetError as error:
+        return name, str(error)
+    if density.shape != (image.height, image.width):
+        warnings.warn(f"{name}: fixation map is {density.shape[::-1]}, image is {image.size}; "
+                      f"the map is resized to the image")
+        density = np.asarray(Image.fromarray(density.astype(np.float32), mode="F")
+                             .resize(image.size, Image.BILINEAR), dtype=np.float64)
+    if density.max() <= 0 or (density / density.max() > FIXATION_THRESHOLD).sum() == 0:
+        return name, f"{name}: fixation map has no fixated pixel; image skipped"
+    scales = [resize_rgb(image, s).numpy() for s in SCALES]
+    return name, (scales, resize_map_uint8(density).numpy())
+
+
+def _cache_key(data_dir, names, stimuli):
+    digest = hashlib.sha1(f"v{CACHE_VERSION} {Path(data_dir).resolve()} {SCALES}".encode())
+    for name in names:
+        stat = stimuli[name].stat()
+        digest.update(f"{name} {stat.st_size} {stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _load_cache(folder, key):
+    """The cached arrays if folder holds a complete cache for ``key``, else None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("key") != key:
+            return None
+        arrays = [np.load(folder / f"scale{s}.npy", mmap_mode="r") for s in SCALES]
+        maps = np.load(folder / "maps.npy", mmap_mode="r")
+        n = len(meta["names"])
+        if any(a.shape != (n, 3, s, s) for a, s in zip(arrays, SCALES)) or maps.shape[0] != n:
+            return None
+        return meta["names"], meta.get("skipped", []), arrays, maps
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
+    """Decode and resize every stimulus of an MIT-layout folder once; reuse the cache later.
+
+    The cache (one .npy per scale, the 400x400 maps, meta.json) lives in
+    ``cache_dir/<key>`` where the key hashes the folder's path and each stimulus' size and
+    modification time, so an edited dataset is re-read; a cache that fails to load or whose
+    shapes disagree with meta.json is rebuilt. It is written to a temporary folder and renamed,
+    so an interrupted build leaves no half cache. Returns (names, scales arrays, maps array).
+    """
+    from tqdm import tqdm
+    names, stimuli = mit_layout_names(data_dir)
+    key = _cache_key(data_dir, names, stimuli)
+    folder = Path(cache_dir) / key
+    cached = _load_cache(folder, key)
+    if cached is None:
+        jobs = [(str(stimuli[n]), str(Path(data_dir) / MAPS), n) for n in names]
+        results = []
+        with Pool(max(1, workers or os.cpu_count() or 1)) as pool:
+            iterator = pool.imap(_decode_one, jobs, chunksize=8)
+            for result in tqdm(iterator, total=len(jobs), desc=f"caching {Path(data_dir).name}",
+                               disable=not progress, unit="img"):
+                results.append(result)
+        kept = [(n, r) for n, r in results if not isinstance(r, str)]
+        skipped = [r for _, r in results if isinstance(r, str)]
+        if not kept:
+            raise DatasetError(f"no usable image in {data_dir}: {skipped[:3]}")
+        tmp = Path(cache_dir) / f".{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for k, s in enumerate(SCALES):
+            np.save(tmp / f"scale{s}.npy", np.stack([r[0][k] for _, r in kept]))
+        np.save(tmp / "maps.npy", np.stack([r[1] for _, r in kept]))
+        (tmp / "meta.json").write_text(json.dumps({"key": key, "names": [n for n, _ in kept],
+                                                   "skipped": skipped}))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        cached = _load_cache(folder, key)
+    cached_names, skipped, arrays, maps = cached
+    for message in skipped:
+        warnings.warn(message)
+    return cached_names, arrays, maps
+
+
+def read_ground_truth(data_dir, name):
+    """(bool fixation points [H, W], float density [H, W] in [0, 1]) of one MIT-layout image."""
+    maps_dir = Path(data_dir) / MAPS
+    density = open_grey(maps_dir / f"{name}_fixMap.jpg")
+    points = open_grey(maps_dir / f"{name}_fixPts.jpg")
+    top = density.max()
+    return points >= 128, density / top if top > 0 else density
+
+
+def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=True):
+    """An MIT-layout folder -> SaliencySet of ``split`` ('train', 'val', 'test' or 'all').
+
+    Images come from the resident cache (built on first use); the original-size ground truth
+    is read for every image except those of the training split (which only needs the 400x400
+    maps), lazily enough to keep a 'train' load fast.
+    """
+    names, arrays, maps = build_image_cache(data_dir, cache_dir, workers, progress)
+    if split == "all":
+        chosen = list(range(len(names)))
+    else:
+        wanted = set(read_split(split, names=mit_layout_names(data_dir)[0]))
+        chosen = [i for i, n in enumerate(names) if n in wanted]
+    idx = np.asarray(chosen, dtype=np.int64)
+    scales = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in arrays]
+    chosen_names = [names[i] for i in chosen]
+    fixations, densities = [], []
+    if split != "train":
+        for name in chosen_names:
+            points, density = read_ground_truth(data_dir, name)
+            fixations.append(points)
+            densities.append(density)
+    return SaliencySet(chosen_names, scales, torch.from_numpy(np.ascontiguousarray(maps[idx])),
+                       fixations, densities)
+
+
+# ----------------------------------------------------------------------------- coursework
+COURSEWORK_FILES = {"train": "train_data.pth.tar", "val": "val_data.pth.tar",
+                    "test": "test_data.pth.tar"}
+
+
+def is_coursework_dir(data_dir):
+    """True if data_dir holds the coursework's train_data.pth.tar."""
+    return (Path(data_dir) / COURSEWORK_FILES["train"]).is_file()
+
+
+def _torch_load(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is the same bad file
+        raise DatasetError(f"cannot load {path} as a tensor file ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:200]}). Re-create it with "
+                           f"'python dataset.py export'.")
+
+
+def load_coursework(data_dir, split):
+    """The coursework's starter-pack file of ``split`` -> SaliencySet.
+
+    'train' keeps the pre-cut crops as fixed samples; 'val'/'test' keep the three resized
+    images and read the ground truth from ALLFIXATIONMAPS beside the files.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / COURSEWORK_FILES[split]
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: a coursework data dir needs "
+                           f"{', '.join(COURSEWORK_FILES.values())}.")
+    records = _torch_load(path)
+    if split == "train":
+        crops = torch.stack([r["X"].float() for r in records])
+        labels = torch.tensor([float(r["y"]) for r in records])
+        names = sorted({r["file"] for r in records})
+        empty = [torch.zeros(0, 3, s, s, dtype=torch.uint8) for s in SCALES]
+        return SaliencySet(names, empty, torch.zeros(0, MAP_SIZE, MAP_SIZE, dtype=torch.uint8),
+                           samples=(crops, labels))
+    to_uint8 = lambda x: (x.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    scales = [torch.stack([to_uint8(r[f"X_{s}"]) for r in records]) for s in SCALES]
+    names = [Path(r["file"]).stem for r in records]
+    fixations, densities = [], []
+    for name in names:
+        points, density = read_ground_truth(data_dir, name)
+        fixations.append(points)
+        densities.append(density)
+    maps = torch.stack([resize_map_uint8(d) for d in densities])
+    return SaliencySet(names, scales, maps, fixations, densities)
+
+
+def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
+    """Write our MIT1003 split in the coursework's format (train/val/test_data.pth.tar).
+
+    Training crops are one fixed draw of locations (seed ``seed``); val/test files hold the
+    three resized images as float [3, S, S] in [0, 1], the full image, and the 50x50 grid's
+    crop centres in 400x400 pixels. Also copies ALLFIXATIONMAPS beside them.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        data = load_mit(data_dir, split, cache_dir)
+        if split == "train":
+            generator = torch.Generator().manual_seed(seed)
+            image_index, rel, labels = sample_locations(data.maps, generator)
+            crops = cut_crops([pad_images(s) for s in data.scales], image_index, rel)
+            records = [{"X": crops[k], "y": int(labels[k]), "file": data.names[image_index[k]]}
+                       for k in range(len(labels))]
+        else:
+            centres = torch.floor(grid_locations() * SCALES[0]).long()
+            records = []
+            for i, name in enumerate(data.names):
+                image = open_rgb(Path(data_dir) / STIMULI / f"{name}.jpeg")
+                full = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+                record = {"X": full.float() / 255, "spatial_coords": centres, "y": -1,
+                          "file": f"{name}.jpeg"}
+                for s, scale in zip(SCALES, data.scales):
+                    record[f"X_{s}"] = scale[i].float() / 255
+                records.append(record)
+        torch.save(records, output_dir / COURSEWORK_FILES[split])
+    if not (output_dir / MAPS).exists():
+        shutil.copytree(Path(data_dir) / MAPS, output_dir / MAPS)
+
+
+# ----------------------------------------------------------------------------- synthetic
+def _blur(array, sigma):
+    """Separable Gaussian blur of a float [H, W] array (reflect borders)."""
+    radius = int(3 * sigma)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    for axis in (0, 1):
+        padded = np.pad(array, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)],
+                        mode="reflect")
+        array = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), axis, padded)
+    return array
+
+
+def synthetic_image(rng, height=192, width=256, n_fixations=80):
+    """One procedural saliency scene.
+
+    Returns (uint8 RGB [H, W, 3], bool fixation points [H, W], float density [H, W] in [0, 1]).
+    The scene is a dim, smooth, textured background with 2-4 bright, saturated objects; human
+    fixations are drawn from a known density: Gaussians on the objects plus a centre bias.
+    """
+    ys, xs = np.mgrid[:height, :width].astype(np.float64)
+    background = np.stack([_blur(rng.random((height // 8, width // 8)), 1.5) for _ in range(3)], -1)
+    background = np.kron(background, np.ones((8, 8, 1)))
+    image = 0.25 + 0.2 * background + 0.05 * rng.standard_normal((height, width, 3))
+    density = 0.25 * np.exp(-(((ys - height / 2) / (0.3 * height)) ** 2
+                              + ((xs - width / 2) / (0.3 * width)) ** 2))
+    for _ in range(rng.integers(2, 5)):
+        cy, cx = rng.uniform(0.12, 0.88) * height, rng.uniform(0.12, 0.88) * width
+        radius = rng.uniform(0.04, 0.09) * min(height, width)
+        colour = np.eye(3)[rng.integers(3)] * 0.6 + 0.4 * rng.random(3)
+        inside = ((ys - cy) ** 2 + (xs - cx) ** 2) <= radius ** 2
+        if rng.random() < 0.5:
+            inside = (np.abs(ys - cy) <= radius) & (np.abs(xs - cx) <= radius)
+        image[inside] = colour
+        density += np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * (1.2 * radius) ** 2))
+    p = density.ravel() / density.sum()
+    points = np.zeros(height * width, dtype=bool)
+    points[rng.choice(height * width, size=n_fixations, replace=False, p=p)] = True
+    points = points.reshape(height, width)
+    fixation_map = _blur(points.astype(np.float64), 0.03 * width)
+    image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return image, points, fixation_map / fixation_map.max()
+
+
+def load_synthetic(n_images, seed):
+    """A SaliencySet of ``n_images`` synthetic scenes (see ``synthetic_image``), seeded."""
+    rng = np.random.default_rng(seed)
+    names, scales, maps, fixations, densities = [], [[] for _ in SCALES], [], [], []
+    for i in range(n_images):
+        image, points, density = synthetic_image(rng)
+        pil = Image.fromarray(image)
+        for k, s in enumerate(SCALES):
+            scales[k].append(resize_rgb(pil, s))
+        names.append(f"synthetic_{seed}_{i:04d}")
+        maps.append(resize_map_uint8(density))
+        fixations.append(points)
+        densities.append(density)
+    return SaliencySet(names, [torch.stack(s) for s in scales], torch.stack(maps),
+                       fixations, densities)
+
+
+# ----------------------------------------------------------------------------- sampling
+def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20):
+    """Draw training locations from fixation maps.
+
+    maps: uint8 [N, H, W] with the maximum scaled to 255. Per image, ``n_fixation``
+    locations where the map (scaled to [0, 1]) is > 0.9 and ``n_non_fixation`` where it is
+    < 0.1, uniformly with replacement. Returns (image index int64 [M], relative location
+    float [M, 2] at the pixel centres, label float [M]); images lacking either kind are
+    skipped.
+    """
+    n_images, height, width = maps.shape
+    flat = maps.reshape(n_images, -1)
+    # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties at the thresholds
+    index, pixel, label = [], [], []
+    for i in range(n_images):
+        positive = torch.nonzero(flat[i] > FIXATION_THRESHOLD * 255).squeeze(1)
+        negative = torch.nonzero(flat[i] < NON_FIXATION_THRESHOLD * 255).squeeze(1)
+        if len(positive) == 0 or len(negative) == 0:
+            continue
+        for candidates, count, value in ((positive, n_fixation, 1.0),
+                                         (negative, n_non_fixation, 0.0)):
+            pick = torch.randint(len(candidates), (count,), generator=generator)
+            pixel.append(candidates[pick])
+            index.append(torch.full((count,), i, dtype=torch.long))
+            label.append(torch.full((count,), value))
+    pixel = torch.cat(pixel)
+    rel = torch.stack([(pixel // width + 0.5) / height, (pixel % width + 0.5) / width], 1)
+    return torch.cat(index), rel.float(), torch.cat(label)
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    split = sub.add_parser("split", help="write the 803/100/100 split files")
+    split.add_argument("--data-dir", default="data/MIT1003", help="MIT1003 folder")
+    export = sub.add_parser("export", help="write our split in the coursework's file format")
+    export.add_argument("--data-dir", default="data/MIT1003", help="MIT1003 folder")
+    export.add_argument("--output-dir", required=True, help="folder for the .pth.tar files")
+    export.add_argument("--cache-dir", default=".cache", help="resized-image cache")
+    export.add_argument("--seed", type=int, default=0, help="seed of the training locations")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "split":
+            names, _ = mit_layout_names(args.data_dir)
+            SPLIT_DIR.mkdir(exist_ok=True)
+            for name, members in make_splits(names).items():
+                (SPLIT_DIR / f"mit1003_{name}.txt").write_text("\n".join(members) + "\n")
+                print(f"wrote {SPLIT_DIR / f'mit1003_{name}.txt'} ({len(members)} images)")
+        else:
+            export_coursework(args.data_dir, args.output_dir, args.cache_dir, args.seed)
+            print(f"wrote {', '.join(COURSEWORK_FILES.values())} to {args.output_dir}")
+    except DatasetError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
