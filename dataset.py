@@ -51,7 +51,8 @@ class DatasetError(Exception):
 # ----------------------------------------------------------------------------- geometry
 def crop_starts(rel, size):
     """Relative locations [..., 2] (v, u) in [0, 1) -> int64 top-left corners [..., 2] at ``size``."""
-    centre = torch.floor(rel * size).long().clamp_(0, size - 1)
+    # the small offset keeps float32 round-off from moving an exact integer centre down a pixel
+    centre = torch.floor(rel.double() * size + 1e-4).long().clamp_(0, size - 1)
     return centre - HALF
 
 

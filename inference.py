@@ -1,0 +1,132 @@
+"""Dense saliency maps from a Mr-CNN: score a grid of locations over each image.
+
+Two modes, which agree (tests/test_inference.py):
+
+* ``crops`` (the reference): cut the three 42x42 crops of every grid location (the
+  coursework's 2,500 crops for a 50x50 grid) and score them in large batches.
+* ``fcn`` (fast): run each stream's convolutions once over the whole replicate-padded image,
+  apply the stream's FC layer as a 3x3 convolution (stride 8 in image pixels), sample that
+  feature map at the grid locations, and apply the fusion layers as 1x1 convolutions. At the
+  400x400 scale the 50x50 grid falls exactly on the stride-8 lattice, so those features are
+  exact; at 250 and 150 the features are bilinearly interpolated between lattice points.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dataset import SCALES, crop_starts, cut_crops, grid_locations, pad_images
+from MrCNN import CROP_SIZE
+
+STRIDE = 8  # three 2x2 max-pools
+MODES = ("fcn", "crops")
+FCN_PHASES = 2
+
+
+def autocast_context(device, precision):
+    """torch.autocast for 'bf16'/'fp16' on ``device``; a disabled one for 'fp32'."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def _crops_logits(model, scales, grid_size, batch_size, phases=None):
+    device = next(model.parameters()).device
+    rel = grid_locations(grid_size, device)
+    n_locations = rel.shape[0]
+    out = []
+    for i in range(scales[0].shape[0]):
+        padded = [pad_images(s[i:i + 1].to(device)) for s in scales]
+        logits = []
+        for chunk in rel.split(batch_size):
+            index = torch.zeros(len(chunk), dtype=torch.long, device=device)
+            logits.append(model(cut_crops(padded, index, chunk)).float())
+        out.append(torch.cat(logits).view(grid_size, grid_size))
+        assert out[-1].numel() == n_locations
+    return torch.stack(out)
+
+
+def _stream_head(stream, x):
+    """Stream over a padded image as a fully convolutional net: [N, 3, L, L] -> [N, 512, K, K].
+
+    Output (k, l) is the stream's feature vector for the 42x42 crop starting at (8k, 8l).
+    """
+    x = stream.features(x)
+    fc = stream.fc
+    side = int(math.isqrt(fc.in_features // x.shape[1]))
+    weight = fc.weight.view(fc.out_features, x.shape[1], side, side)
+    return torch.relu(F.conv2d(x, weight, fc.bias))
+
+
+def _stream_feature_map(stream, images, starts, phases):
+    """Stream features at crop starts ``starts`` (int [G], same for rows and columns).
+
+    images: float normalised [N, 3, S, S]; phases: 1, 2, 4 or 8 runs per axis, each shifted by
+    8 / phases pixels, interleaved into a lattice of step 8 / phases before interpolation
+    (8 is exact everywhere, at 64 times the cost). Returns [N, 512, G, G].
+    """
+    size = images.shape[-1]
+    first = int(starts.min())
+    if all(int(s - first) % STRIDE == 0 for s in starts):
+        phases = 1  # every start falls on one stride-8 lattice: exact in one run
+    step = STRIDE // phases
+    pad_lo = max(0, -first)
+    pad_lo += -(first + pad_lo) % step  # the first crop start falls on the fine lattice
+    positions = (starts + pad_lo).double() / step  # fine-lattice coordinate of each start
+    n_fine = math.ceil(float(positions.max())) + 1
+    n_coarse = math.ceil(n_fine / phases)
+    pad_hi = max(0, STRIDE * (n_coarse - 1) + CROP_SIZE + (phases - 1) * step - (size + pad_lo))
+    x = F.pad(images, (pad_lo, pad_hi, pad_lo, pad_hi), mode="replicate")
+    fine = None
+    for a in range(phases):
+        for b in range(phases):
+            out = _stream_head(stream, x[..., a * step:, b * step:])[..., :n_coarse, :n_coarse]
+            if fine is None:
+                fine = out.new_empty(*out.shape[:2], n_coarse * phases, n_coarse * phases)
+            fine[..., a::phases, b::phases] = out
+    fine = fine[..., :n_fine, :n_fine]
+    if torch.equal(positions, positions.round()):
+        idx = positions.long().to(fine.device)
+        return fine[:, :, idx][:, :, :, idx]
+    coords = (2 * positions / max(n_fine - 1, 1) - 1).to(fine.device)
+    gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+    grid = torch.stack([gx, gy], -1).expand(fine.shape[0], -1, -1, -1).to(fine.dtype)
+    return F.grid_sample(fine, grid, mode="bilinear", align_corners=True)
+
+
+@torch.no_grad()
+def _fcn_logits(model, scales, grid_size, batch_size, phases):
+    device = next(model.parameters()).device
+    rel_1d = (torch.arange(grid_size, dtype=torch.float64) + 0.5) / grid_size
+    out = []
+    images_per_batch = max(1, batch_size // 512)
+    for i in range(0, scales[0].shape[0], images_per_batch):
+        features = []
+        for k, (scale, size) in enumerate(zip(scales, SCALES)):
+            images = model.normalise(scale[i:i + images_per_batch].to(device).float() / 255.0)
+            starts = crop_starts(rel_1d, size)
+            features.append(_stream_feature_map(model.stream(k), images, starts, phases))
+        x = torch.cat(features, 1).permute(0, 2, 3, 1)  # [n, G, G, 1536]
+        out.append(model.fusion(x.reshape(-1, x.shape[-1])).float().view(-1, grid_size, grid_size))
+    return torch.cat(out)
+
+
+def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, precision="fp32",
+                  phases=FCN_PHASES):
+    """Dense saliency of a batch of images.
+
+    model: MrCNN or MrCNNs (put in eval mode here); scales: list of three uint8 tensors
+    [N, 3, S, S] for S in (400, 250, 150); mode: 'fcn' or 'crops'; precision: 'fp32', 'bf16'
+    or 'fp16' (autocast); phases: 'fcn' runs per axis at the scales whose grid misses the
+    stride-8 lattice (see ``_stream_feature_map``). Returns float32 fixation probabilities [N, grid_size, grid_size] on
+    the CPU, row-major over relative locations ((i + 0.5) / grid_size).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
+    model.eval()
+    device = next(model.parameters()).device
+    with autocast_context(device, precision):
+        run = _fcn_logits if mode == "fcn" else _crops_logits
+        logits = run(model, scales, grid_size, batch_size, phases)
+    return torch.sigmoid(logits.float()).cpu()
+

@@ -1,0 +1,530 @@
+"""Train Mr-CNN / Mr-CNNs (Liu et al., CVPR 2015) to predict eye fixations.
+
+    python main.py                                   # synthetic set if data/MIT1003 is absent
+    python main.py --data-dir ../shared/data/MIT1003 --model MrCNNs
+    python main.py --resume checkpoint/<run>/epoch_5.pth
+
+Reads the data (MIT1003 layout, the coursework's .pth.tar files, or the built-in synthetic
+set), trains with per-epoch freshly drawn fixation / non-fixation locations, validates with
+AUC-Judd and shuffled AUC of dense maps, logs to TensorBoard and writes checkpoints under
+checkpoint/<run>/.
+"""
+import argparse
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import dataset
+import metrics
+from checkpoints import (CheckpointError, load_checkpoint, model_from_checkpoint,
+                         save_checkpoint)
+from inference import autocast_context, saliency_grid
+from MrCNN import build_model
+
+DEFAULT_DATA_DIR = "data/MIT1003"
+SYNTHETIC_SIZES = {"train": 64, "val": 16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train Mr-CNN / Mr-CNNs on MIT1003.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="MrCNN", help="MrCNN (three streams) or MrCNNs "
+                        "(one shared stream)")
+    parser.add_argument("--data-dir", default=None, help=f"MIT1003 folder (ALLSTIMULI/, "
+                        f"ALLFIXATIONMAPS/) or a folder of the coursework's .pth.tar files; "
+                        f"when not given, {DEFAULT_DATA_DIR} if it exists, else a built-in "
+                        f"synthetic set")
+    parser.add_argument("--learning-rate", type=float, default=0.001, help="learning rate")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs to train")
+    parser.add_argument("--val-frequency", type=int, default=1, help="validate every N epochs")
+    parser.add_argument("--checkpoint-frequency", type=int, default=5,
+                        help="write epoch_N.pth every N epochs")
+    parser.add_argument("-j", "--worker-count", type=int, default=os.cpu_count(),
+                        help="processes for decoding images and torch threads")
+    parser.add_argument("--log-dir", default="logs", help="TensorBoard log folder")
+    parser.add_argument("--checkpoint-dir", default="checkpoint", help="checkpoint folder")
+    parser.add_argument("--cache-dir", default=".cache", help="resized-image cache folder")
+    parser.add_argument("--run-name", default=None, help="run folder name (default: model, "
+                        "optimiser, lr, batch size and time)")
+    parser.add_argument("--resume", default=None, metavar="PATH",
+                        help="continue the run saved in this checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: cuda if available")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="autocast precision; auto: bf16 where the hardware has it")
+    parser.add_argument("--dropout", type=float, default=0.5, help="dropout probability")
+    parser.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv "
+                        "(not in the paper)")
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
+                        help="adam, or sgd with the paper's momentum schedule")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum at epoch 1")
+    parser.add_argument("--final-momentum", type=float, default=0.99,
+                        help="SGD momentum at the last epoch (linear schedule)")
+    parser.add_argument("--weight-decay", type=float, default=2e-4, help="weight decay")
+    parser.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                        help="learning-rate schedule over the epochs")
+    parser.add_argument("--max-norm", type=float, default=0.0, help="clip the L2 norm of "
+                        "each conv1 filter to this after every step (paper: 0.1; 0: off)")
+    parser.add_argument("--fixations-per-image", type=int, default=10,
+                        help="fixation locations drawn per image and epoch")
+    parser.add_argument("--non-fixations-per-image", type=int, default=20,
+                        help="non-fixation locations drawn per image and epoch")
+    parser.add_argument("--freeze-locations", action="store_true",
+                        help="draw the training locations once instead of every epoch")
+    parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    parser.add_argument("--inference", default="fcn", choices=("fcn", "crops"),
+                        help="dense-inference mode for validation")
+    parser.add_argument("--val-images", type=int, default=0,
+                        help="validate on the first N val images only (0: all)")
+    parser.add_argument("--log-frequency", type=int, default=20,
+                        help="read the loss from the device every N steps")
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    """Reject impossible settings with one clear message."""
+    problems = []
+    if args.model not in ("MrCNN", "MrCNNs"):
+        problems.append(f"unknown --model {args.model!r}: choose MrCNN or MrCNNs")
+    if args.epochs < 1:
+        problems.append(f"--epochs must be at least 1 (got {args.epochs})")
+    if not args.learning_rate > 0:
+        problems.append(f"--learning-rate must be positive (got {args.learning_rate})")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if not 0 <= args.dropout < 1:
+        problems.append(f"--dropout must be in [0, 1) (got {args.dropout})")
+    for flag in ("val_frequency", "checkpoint_frequency", "log_frequency"):
+        if getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be at least 1")
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
+
+
+def pick_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available; use --device cpu")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        (name if name != "auto" else "cpu"))
+
+
+def pick_precision(name, device):
+    """'auto' -> bf16 on a GPU or CPU with native bf16 support, else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.backends.mkldnn.is_available() and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def load_data(args):
+    """-> (train SaliencySet, val SaliencySet, description). Exits with a message on bad input."""
+    data_dir = args.data_dir
+    if data_dir is None and not Path(DEFAULT_DATA_DIR, dataset.STIMULI).is_dir():
+        print(f"note: no --data-dir given and {DEFAULT_DATA_DIR} holds no MIT1003, so this run "
+              f"trains on a built-in SYNTHETIC saliency set ({SYNTHETIC_SIZES['train']} train / "
+              f"{SYNTHETIC_SIZES['val']} val scenes). For the real thing, download MIT1003 "
+              f"(see README) into {DEFAULT_DATA_DIR} or pass --data-dir.", file=sys.stderr)
+        train = dataset.load_synthetic(SYNTHETIC_SIZES["train"], seed=args.seed)
+        val = dataset.load_synthetic(SYNTHETIC_SIZES["val"], seed=args.seed + 10_000)
+        return train, val, "synthetic"
+    data_dir = data_dir or DEFAULT_DATA_DIR
+    if dataset.is_coursework_dir(data_dir):
+        return (dataset.load_coursework(data_dir, "train"),
+                dataset.load_coursework(data_dir, "val"), f"coursework files in {data_dir}")
+    train = dataset.load_mit(data_dir, "train", args.cache_dir, args.worker_count)
+    val = dataset.load_mit(data_dir, "val", args.cache_dir, args.worker_count)
+    return train, val, f"MIT1003 at {data_dir}"
+
+
+class FeatureRecorder:
+    """Forward hooks that keep the output of every conv layer of one stream (first call only)."""
+
+    def __init__(self, stream):
+        self.activations = {}
+        convs = [m for m in stream.features if isinstance(m, nn.Conv2d)]
+        self.handles = [conv.register_forward_hook(self._hook(f"conv{i + 1}"))
+                        for i, conv in enumerate(convs)]
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            self.activations.setdefault(name, output.detach().float().cpu())
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def image_grid(tiles, columns):
+    """float [N, H, W] -> [1, rows * (H+1), columns * (W+1)] tile image, each tile min-max scaled."""
+    n, h, w = tiles.shape
+    lo = tiles.reshape(n, -1).min(1).values.view(n, 1, 1)
+    hi = tiles.reshape(n, -1).max(1).values.view(n, 1, 1)
+    tiles = (tiles - lo) / (hi - lo).clamp_min(1e-8)
+    rows = math.ceil(n / columns)
+    grid = torch.ones(rows * (h + 1), columns * (w + 1))
+    for k in range(n):
+        r, c = divmod(k, columns)
+        grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = tiles[k]
+    return grid.unsqueeze(0)
+
+
+def save_feature_maps(model, recorder, writer, folder, step):
+    """Write conv1 filters and the recorded activations (first 4 crops) as TB images and PNGs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    folder.mkdir(parents=True, exist_ok=True)
+    filters = model.stream(0).conv1.weight.detach().float().cpu()  # [96, 3, 7, 7]
+    lo, hi = filters.min(), filters.max()
+    rgb = ((filters - lo) / (hi - lo)).permute(0, 2, 3, 1)
+    pictures = {"conv1_filters": None}
+    fig, axes = plt.subplots(8, 12, figsize=(6, 4))
+    for ax, f in zip(axes.flat, rgb):
+        ax.imshow(f.numpy(), interpolation="nearest")
+        ax.axis("off")
+    fig.savefig(folder / "conv1_filters.png", dpi=120)
+    plt.close(fig)
+    writer.add_images("features/conv1_filters", rgb.permute(0, 3, 1, 2), step)
+    for name, act in recorder.activations.items():
+        for crop in range(min(4, act.shape[0])):
+            channels = act[crop, :32]
+            grid = image_grid(channels, columns=8)
+            pictures[f"{name}_crop{crop}"] = grid
+            writer.add_image(f"features/{name}_crop{crop}", grid, step)
+            plt.imsave(folder / f"{name}_crop{crop}.png", grid[0].numpy(), cmap="viridis")
+    return sorted(pictures)
+
+
+def capture_rng():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
+            "python": list(random.getstate()[1]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def momentum_at(args, epoch):
+    """Paper's SGD momentum: linear from --momentum (epoch 0) to --final-momentum (last)."""
+    if args.epochs <= 1:
+        return args.momentum
+    return args.momentum + (args.final_momentum - args.momentum) * epoch / (args.epochs - 1)
+
+
+def make_optimizer(args, model):
+    if args.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate,
+                                    momentum=args.momentum, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate,
+                                     weight_decay=args.weight_decay)
+    if args.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    return optimizer, scheduler
+
+
+def clip_conv1(model, max_norm):
+    """Scale every conv1 filter whose L2 norm exceeds ``max_norm`` back onto that norm."""
+    with torch.no_grad():
+        for stream in model.streams:
+            w = stream.conv1.weight
+            norms = w.flatten(1).norm(dim=1).clamp_min(1e-12)
+            w.mul_((max_norm / norms).clamp(max=1.0).view(-1, 1, 1, 1))
+
+
+class Trainer:
+    """Holds the run's state; ``train()`` runs the epochs, ``validate()`` scores the val set."""
+
+    def __init__(self, args):
+        self.args = args
+        self.device = pick_device(args.device)
+        self.precision = pick_precision(args.precision, self.device)
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        random.seed(args.seed)
+        self.resume_state = None
+        if args.resume:
+            self.resume_state = load_checkpoint(args.resume)
+        self.train_set, self.val_set, self.data_description = load_data(args)
+        if args.val_images:
+            self.val_set = self.val_set.subset(list(range(min(args.val_images,
+                                                               len(self.val_set)))))
+        n_train = (len(self.train_set.samples[1]) if self.train_set.samples is not None else
+                   len(self.train_set) * (args.fixations_per_image + args.non_fixations_per_image))
+        if args.batch_size > n_train:
+            raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
+                             f"{n_train} training samples per epoch; use a smaller batch")
+        self.model = build_model(args.model, dropout=args.dropout, batch_norm=args.batch_norm)
+        if self.resume_state is not None:
+            try:
+                self.model = model_from_checkpoint(self.resume_state, args.resume, args.model)
+            except CheckpointError as error:
+                raise SystemExit(f"error: {error}")
+        else:
+            mean, std = self.train_set.pixel_mean_std()
+            self.model.input_mean.copy_(mean)
+            self.model.input_std.copy_(std)
+        self.model.to(self.device)
+        self.optimizer, self.scheduler = make_optimizer(args, self.model)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.epoch, self.step, self.best_metric = 0, 0, -math.inf
+        self.run_name = args.run_name or time.strftime(
+            f"{args.model}_{args.optimizer}_lr{args.learning_rate:g}_bs{args.batch_size}_%Y%m%d-%H%M%S")
+        if self.resume_state is not None:
+            state = self.resume_state
+            self.optimizer.load_state_dict(state["optimizer_state"])
+            self.scheduler.load_state_dict(state["scheduler_state"])
+            self.epoch, self.step = state["epoch"], state["step"]
+            self.best_metric = state["best_metric"]
+            self.run_name = args.run_name or state.get("run_name", self.run_name)
+            self.generator.set_state(state["rng_state"]["sampler"])
+            restore_rng(state["rng_state"])
+        self.run_dir = Path(args.checkpoint_dir) / self.run_name
+        self.train_scales = [dataset.pad_images(s).to(self.device) for s in self.train_set.scales]
+        self.frozen_locations = None
+        val_generator = torch.Generator().manual_seed(12345)
+        self.val_locations = (dataset.sample_locations(self.val_set.maps, val_generator)
+                              if len(self.val_set) else None)
+        self.val_scales = [dataset.pad_images(s).to(self.device) for s in self.val_set.scales]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        mean, std = self.model.input_mean.cpu(), self.model.input_std.cpu()
+        return {"model": self.args.model, "model_state": self.model.state_dict(),
+                "model_options": {"dropout": self.args.dropout,
+                                  "batch_norm": self.args.batch_norm},
+                "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
+                "optimizer_state": self.optimizer.state_dict(),
+                "scheduler_state": self.scheduler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
+                "args": {k: v for k, v in vars(self.args).items()},
+                "run_name": self.run_name, "data": self.data_description,
+                "rng_state": {**capture_rng(), "sampler": self.generator.get_state()}}
+
+    def save(self, name):
+        save_checkpoint(self.state_dict(), self.run_dir / name)
+        return self.run_dir / name
+
+    # ------------------------------------------------------------------ training
+    def epoch_samples(self):
+        """(image index, relative location, label, flip) for one epoch, shuffled."""
+        if self.train_set.samples is not None:
+            crops, labels = self.train_set.samples
+            n = len(labels)
+            order = torch.randperm(n, generator=self.generator)
+            flip = (torch.rand(n, generator=self.generator) < 0.5) & (not self.args.no_flip)
+            return order, None, labels[order], flip
+        if self.frozen_locations is not None and self.args.freeze_locations:
+            index, rel, labels = self.frozen_locations
+        else:
+            index, rel, labels = dataset.sample_locations(
+                self.train_set.maps, self.generator, self.args.fixations_per_image,
+                self.args.non_fixations_per_image)
+            self.frozen_locations = (index, rel, labels)
+        order = torch.randperm(len(labels), generator=self.generator)
+        flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
+        return index[order], rel[order], labels[order], flip
+
+    def batch_crops(self, index, rel, flip):
+        if rel is None:  # coursework files: pre-cut crops
+            crops = self.train_set.samples[0][index].to(self.device)
+            return torch.where(flip.to(self.device)[:, None, None, None, None], crops.flip(-1), crops)
+        return dataset.cut_crops(self.train_scales, index.to(self.device), rel.to(self.device),
+                                 flip.to(self.device))
+
+    def train_epoch(self, writer, recorder, progress):
+        from tqdm import tqdm
+        args, model = self.args, self.model
+        model.train()
+        if args.optimizer == "sgd":
+            for group in self.optimizer.param_groups:
+                group["momentum"] = momentum_at(args, self.epoch)
+        index, rel, labels, flip = self.epoch_samples()
+        n_batches = len(labels) // args.batch_size  # drop the ragged last batch
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen, logged_loss = 0, float("nan")
+        start = time.perf_counter()
+        bar = tqdm(range(n_batches), desc=f"epoch {self.epoch + 1}/{args.epochs}", leave=False,
+                   disable=not progress, unit="batch")
+        for b in bar:
+            sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
+            crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl])
+            target = labels[sl].to(self.device)
+            with autocast_context(self.device, self.precision):
+                logits = model(crops)
+            loss = self.loss_fn(logits.float(), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if args.max_norm > 0:
+                clip_conv1(model, args.max_norm)
+            if recorder is not None:
+                recorder.remove()
+                save_feature_maps(model, recorder, writer, self.run_dir / "features", self.step)
+                recorder = None
+            loss_sum += loss.detach() * len(target)
+            correct += ((logits.detach() > 0) == (target > 0.5)).sum()
+            seen += len(target)
+            self.step += 1
+            if self.step % args.log_frequency == 0:  # the only host syncs of the loop
+                logged_loss = float(loss.detach())
+                if not math.isfinite(logged_loss):
+                    raise FloatingPointError(f"loss became {logged_loss} at step {self.step}")
+                grad_norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()
+                                                    if p.grad is not None]))
+                writer.add_scalar("train/loss", logged_loss, self.step)
+                writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+                bar.set_postfix(loss=f"{logged_loss:.4f}")
+        elapsed = time.perf_counter() - start
+        mean_loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"loss became {mean_loss} in epoch {self.epoch + 1}")
+        accuracy = float(correct) / max(seen, 1)
+        writer.add_scalar("train/epoch_loss", mean_loss, self.step)
+        writer.add_scalar("train/accuracy", accuracy, self.step)
+        writer.add_scalar("train/learning_rate", self.optimizer.param_groups[0]["lr"], self.step)
+        writer.add_scalar("train/epoch_seconds", elapsed, self.step)
+        writer.add_scalar("train/samples_per_second", seen / elapsed, self.step)
+        self.scheduler.step()
+        return {"loss": mean_loss, "accuracy": accuracy, "seconds": elapsed,
+                "samples_per_s": seen / elapsed}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, writer=None, progress=True):
+        """Val loss on fixed val locations, and AUC-Judd / shuffled AUC of dense maps."""
+        model = self.model
+        model.eval()
+        index, rel, labels = self.val_locations
+        total = 0.0
+        with autocast_context(self.device, self.precision):
+            for chunk in torch.arange(len(labels)).split(1024):
+                crops = dataset.cut_crops(self.val_scales, index[chunk].to(self.device),
+                                          rel[chunk].to(self.device))
+                logits = model(crops).float()
+                total += float(self.loss_fn(logits, labels[chunk].to(self.device))) * len(chunk)
+        maps = predict_maps(model, self.val_set, self.args.inference, self.precision)
+        fixations = self.val_set.fixations
+        judd, shuffled = [], []
+        for i, saliency in enumerate(maps):
+            other = metrics.shuffled_other_map(i, fixations)
+            judd.append(metrics.auc_judd(saliency, fixations[i]))
+            shuffled.append(metrics.auc_shuffled(saliency, fixations[i], other, rng=i))
+        result = {"loss": total / len(labels), "auc_judd": float(np.nanmean(judd)),
+                  "auc_shuffled": float(np.nanmean(shuffled))}
+        if writer is not None:
+            for key, value in result.items():
+                writer.add_scalar(f"val/{key}", value, self.step)
+            shown = torch.stack([m / max(m.max(), 1e-8) for m in maps[:4]]).unsqueeze(1)
+            writer.add_images("val/predicted_maps", shown, self.step)
+        return result
+
+    # ------------------------------------------------------------------ loop
+    def train(self, progress=True):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+        args = self.args
+        writer = SummaryWriter(str(Path(args.log_dir) / self.run_name))
+        recorder = FeatureRecorder(self.model.stream(0)) if self.epoch == 0 else None
+        print(f"run {self.run_name}: {args.model} on {self.data_description} "
+              f"({len(self.train_set)} train / {len(self.val_set)} val images), "
+              f"{self.device} {self.precision}; checkpoints in {self.run_dir}")
+        last_val = {}
+        interrupted = False
+
+        def on_sigterm(signum, frame):
+            raise KeyboardInterrupt
+        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            epochs = tqdm(range(self.epoch, args.epochs), desc="training", unit="epoch",
+                          disable=not progress, initial=self.epoch, total=args.epochs)
+            for _ in epochs:
+                result = self.train_epoch(writer, recorder, progress)
+                recorder = None
+                self.epoch += 1
+                line = (f"epoch {self.epoch}/{args.epochs}: loss {result['loss']:.4f} acc "
+                        f"{result['accuracy']:.3f} {result['seconds']:.1f}s "
+                        f"({result['samples_per_s']:.0f} samples/s)")
+                if self.epoch % args.val_frequency == 0 or self.epoch == args.epochs:
+                    last_val = self.validate(writer, progress)
+                    line += (f" | val loss {last_val['loss']:.4f} AUC-Judd "
+                             f"{last_val['auc_judd']:.4f} sAUC {last_val['auc_shuffled']:.4f}")
+                    if last_val["auc_shuffled"] > self.best_metric:
+                        self.best_metric = last_val["auc_shuffled"]
+                        self.save("best.pth")
+                if self.epoch % args.checkpoint_frequency == 0:
+                    self.save(f"epoch_{self.epoch}.pth")
+                tqdm.write(line) if progress else print(line)
+        except KeyboardInterrupt:
+            interrupted = True
+            path = self.save("interrupted.pth")
+            print(f"\ninterrupted: saved {path} (epoch {self.epoch}, step {self.step}); resume "
+                  f"with --resume {path}", file=sys.stderr)
+        except FloatingPointError as error:
+            writer.close()
+            raise SystemExit(f"error: {error}. Training stopped; the last good checkpoints in "
+                             f"{self.run_dir} are kept. Try a lower --learning-rate.")
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if not interrupted:
+            self.save("final_model.pth")
+            hparams = {k: v for k, v in vars(args).items()
+                       if isinstance(v, (int, float, str, bool))}
+            final = {f"hparam/val_{k}": v for k, v in last_val.items()}
+            writer.add_hparams(hparams, final or {"hparam/val_auc_shuffled": float("nan")},
+                               run_name=".")
+        writer.close()
+        return last_val, interrupted
+
+
+def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8):
+    """Dense maps of every image of a SaliencySet: list of float [grid, grid] tensors in (0, 1)."""
+    maps = []
+    for start in range(0, len(data), images_per_call):
+        chunk = [s[start:start + images_per_call] for s in data.scales]
+        maps.extend(saliency_grid(model, chunk, mode, grid_size, precision=precision))
+    return maps
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_args(args)
+    torch.set_num_threads(max(1, args.worker_count or 1))
+    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+    try:
+        trainer = Trainer(args)
+    except (dataset.DatasetError, CheckpointError) as error:
+        raise SystemExit(f"error: {error}")
+    if trainer.epoch >= args.epochs:
+        raise SystemExit(f"error: {args.resume} already finished epoch {trainer.epoch}; pass a "
+                         f"larger --epochs to continue")
+    result, interrupted = trainer.train(progress=sys.stderr.isatty())
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

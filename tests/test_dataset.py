@@ -1,0 +1,143 @@
+"""Crop geometry, location sampling, split files, synthetic data and real MIT1003 images."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dataset
+from conftest import MIT1003, require
+
+
+def test_crop_at_the_top_left_border_replicates_edge_pixels_like_a_hand_built_crop():
+    size = 400
+    image = torch.arange(3 * size * size, dtype=torch.int64).remainder(251).to(torch.uint8)
+    image = image.view(1, 3, size, size)
+    scales = [dataset.pad_images(image)] * 3
+    rel = torch.tensor([[0.0, 0.5]])  # centre row 0, column 200
+    crop = dataset.cut_crops(scales, torch.tensor([0]), rel)[0, 0]  # [3, 42, 42]
+    # by hand: rows -21..20 clamp to 0..20, columns 179..220
+    rows = np.clip(np.arange(-21, 21), 0, size - 1)
+    cols = np.arange(179, 221)
+    expected = image[0].numpy()[:, rows][:, :, cols].astype(np.float32) / 255
+    assert crop.shape == (3, 42, 42)
+    np.testing.assert_array_equal(crop.numpy(), expected)
+
+
+def test_crop_at_the_bottom_right_corner_and_flip():
+    size = 150
+    image = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
+    padded = [dataset.pad_images(image)] * 3
+    rel = torch.tensor([[0.999, 0.999]])  # centre pixel (149, 149)
+    crop = dataset.cut_crops(padded, torch.tensor([0]), rel)[0, 0]
+    rows = np.clip(np.arange(149 - 21, 149 + 21), 0, size - 1)
+    expected = image[0].numpy()[:, rows][:, :, rows].astype(np.float32) / 255
+    np.testing.assert_array_equal(crop.numpy(), expected)
+    flipped = dataset.cut_crops(padded, torch.tensor([0]), rel, torch.tensor([True]))[0, 0]
+    np.testing.assert_array_equal(flipped.numpy(), expected[:, :, ::-1])
+
+
+def test_the_three_scales_share_one_relative_centre():
+    rel = torch.tensor([[0.5, 0.25]])
+    assert [dataset.crop_starts(rel, s).tolist() for s in dataset.SCALES] == [
+        [[179, 79]], [[104, 41]], [[54, 16]]]
+
+
+def test_sampling_respects_thresholds_and_counts():
+    maps = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    maps[0, 5:10, 5:10] = 255          # fixated block
+    maps[0, 20:30, 20:30] = 128        # in between: never drawn
+    maps[1, 0:2, 0:2] = 230            # just above 0.9 * 255
+    maps[1, 2:40, :] = 26              # just above 0.1 * 255: not a non-fixation
+    maps[1, 0:2, 2:40] = 25            # just below: the only non-fixations
+    maps[2] = 0                        # no fixation at all: skipped
+    index, rel, label = dataset.sample_locations(maps, torch.Generator().manual_seed(0))
+    assert len(label) == 2 * 30 and set(index.tolist()) == {0, 1}
+    for i in (0, 1):
+        assert (label[index == i] == 1).sum() == 10 and (label[index == i] == 0).sum() == 20
+    pixel = (rel * 40).floor().long()
+    values = maps[index, pixel[:, 0], pixel[:, 1]].float() / 255
+    assert (values[label == 1] > 0.9).all() and (values[label == 0] < 0.1).all()
+
+
+def test_split_files_are_disjoint_and_cover_mit1003():
+    splits = {s: dataset.read_split(s) for s in ("train", "val", "test")}
+    assert {s: len(v) for s, v in splits.items()} == {"train": 803, "val": 100, "test": 100}
+    union = set().union(*splits.values())
+    assert len(union) == 1003
+    if MIT1003.exists():
+        names, _ = dataset.mit_layout_names(MIT1003)
+        assert union == set(names)
+        assert dataset.make_splits(names) == splits  # the documented procedure reproduces them
+
+
+def test_synthetic_scene_has_the_map_semantics():
+    image, points, density = dataset.synthetic_image(np.random.default_rng(0))
+    assert image.dtype == np.uint8 and image.shape == (192, 256, 3)
+    assert points.sum() == 80 and density.max() == pytest.approx(1.0)
+    assert density[points].mean() > density.mean()  # fixations land where the density is high
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "I;16"])
+def test_any_image_mode_becomes_rgb(tmp_path, mode):
+    array = (np.arange(20 * 30) % 256).reshape(20, 30).astype(np.uint8)
+    image = Image.fromarray(array).convert(mode) if mode != "I;16" else \
+        Image.fromarray(array.astype(np.uint16) * 256)
+    path = tmp_path / f"x_{mode.replace(';', '')}.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
+    image.save(path)
+    rgb = dataset.open_rgb(path)
+    assert rgb.mode == "RGB" and rgb.size == (30, 20)
+
+
+def test_truncated_jpeg_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.jpeg"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 100).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(dataset.DatasetError, match="broken.jpeg"):
+        dataset.open_rgb(path)
+
+
+def write_mit_folder(root, names, size=(48, 64)):
+    (root / dataset.STIMULI).mkdir(parents=True)
+    (root / dataset.MAPS).mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            root / dataset.STIMULI / f"{name}.jpeg")
+        density = np.zeros(size, np.uint8)
+        density[10:20, 10:20] = 255
+        Image.fromarray(density).save(root / dataset.MAPS / f"{name}_fixMap.jpg")
+        Image.fromarray(density).save(root / dataset.MAPS / f"{name}_fixPts.jpg")
+
+
+def test_mit_layout_loading_caches_and_reports_missing_maps(tmp_path):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b", "c"])
+    loaded = dataset.load_mit(data, "all", cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert loaded.names == ["a", "b", "c"]
+    assert [s.shape for s in loaded.scales] == [(3, 3, s, s) for s in dataset.SCALES]
+    assert loaded.fixations[0].shape == (48, 64) and loaded.fixations[0].any()
+    again = dataset.load_mit(data, "all", cache_dir=tmp_path / "cache", workers=1, progress=False)
+    assert torch.equal(again.scales[1], loaded.scales[1])
+    (data / dataset.MAPS / "b_fixPts.jpg").unlink()
+    with pytest.raises(dataset.DatasetError, match="without both.*b"):
+        dataset.mit_layout_names(data)
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(dataset.DatasetError, match="does not exist"):
+        dataset.mit_layout_names(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(dataset.DatasetError, match="ALLSTIMULI"):
+        dataset.mit_layout_names(tmp_path / "empty")
+
+
+def test_real_mit1003_images_load_with_their_ground_truth(tmp_path):
+    root = require(MIT1003)
+    names = dataset.read_split("val")[:3]
+    for name in names:
+        image = dataset.open_rgb(root / dataset.STIMULI / f"{name}.jpeg")
+        points, density = dataset.read_ground_truth(root, name)
+        assert points.shape == density.shape == (image.height, image.width)
+        assert 20 < points.sum() < 400  # MIT1003 has 48-164 fixations per image
+        assert density.max() == pytest.approx(1.0)
+        assert density[points].mean() > density.mean()

@@ -1,0 +1,73 @@
+"""Layer shapes and parameter counts of MrCNN and MrCNNs."""
+import pytest
+import torch
+
+from MrCNN import MrCNN, Stream, build_model
+from MrCNNs import MrCNNs
+
+
+def n_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_match_the_paper_architecture():
+    assert n_parameters(MrCNN()) == 6_473_153
+    assert n_parameters(MrCNNs()) == 2_682_689
+
+
+def test_stream_layer_shapes():
+    stream = Stream()
+    convs = [m for m in stream.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (3, 96, (7, 7)), (96, 160, (3, 3)), (160, 288, (3, 3))]
+    assert all(c.padding == (0, 0) for c in convs)  # valid convolutions
+    assert stream.features(torch.zeros(2, 3, 42, 42)).shape == (2, 288, 3, 3)
+    assert (stream.fc.in_features, stream.fc.out_features) == (2592, 512)
+    assert stream(torch.zeros(2, 3, 42, 42)).shape == (2, 512)
+
+
+def test_fc_size_is_derived_from_the_crop_size():
+    assert Stream(crop_size=50).fc.in_features == 288 * 4 * 4
+
+
+def test_forward_returns_one_logit_per_sample_and_streams_are_shared_only_in_mrcnns():
+    crops = torch.rand(5, 3, 3, 42, 42)
+    for model, n_streams in ((MrCNN(), 3), (MrCNNs(), 1)):
+        model.eval()
+        assert model(crops).shape == (5,)
+        assert len(model.streams) == n_streams
+        assert all(isinstance(s, Stream) for s in model.streams)
+    shared = MrCNNs()
+    assert shared.stream(0) is shared.stream(2)
+    separate = MrCNN()
+    assert separate.stream(0) is not separate.stream(2)
+
+
+def test_dropout_is_active_in_training_only():
+    model = MrCNN()
+    crops = torch.rand(4, 3, 3, 42, 42)
+    model.eval()
+    assert torch.equal(model(crops), model(crops))
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.equal(model(crops), model(crops))
+
+
+def test_batch_norm_is_opt_in():
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in MrCNN().modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in MrCNN(batch_norm=True).modules()) == 9
+
+
+def test_normalisation_uses_the_stored_statistics():
+    model = MrCNN()
+    model.input_mean.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    model.input_std.copy_(torch.tensor([0.5, 0.5, 0.25]))
+    x = torch.ones(1, 3, 2, 2)
+    out = model.normalise(x)
+    assert torch.allclose(out[0, :, 0, 0], torch.tensor([1.8, 1.6, 2.8]))
+
+
+def test_build_model_rejects_unknown_names():
+    assert isinstance(build_model("MrCNNs"), MrCNNs)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("ResNet")
