@@ -342,12 +342,13 @@ def read_ground_truth(data_dir, name):
     return points >= 128, density / top if top > 0 else density
 
 
-def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=True):
+def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=True,
+             ground_truth=None):
     """An MIT-layout folder -> SaliencySet of ``split`` ('train', 'val', 'test' or 'all').
 
     Images come from the resident cache (built on first use); the original-size ground truth
-    is read for every image except those of the training split (which only needs the 400x400
-    maps), lazily enough to keep a 'train' load fast.
+    is read when ``ground_truth`` is True (default: for every split but 'train', whose
+    training only needs the 400x400 maps).
     """
     names, arrays, maps = build_image_cache(data_dir, cache_dir, workers, progress)
     if split == "all":
@@ -359,7 +360,7 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
     scales = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in arrays]
     chosen_names = [names[i] for i in chosen]
     fixations, densities = [], []
-    if split != "train":
+    if split != "train" if ground_truth is None else ground_truth:
         for name in chosen_names:
             points, density = read_ground_truth(data_dir, name)
             fixations.append(points)

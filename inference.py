@@ -130,3 +130,35 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
         logits = run(model, scales, grid_size, batch_size, phases)
     return torch.sigmoid(logits.float()).cpu()
 
+
+
+def centre_bias_map(size=200, sigma=0.25):
+    """A centred isotropic Gaussian in relative coordinates: float [size, size] with max 1.
+
+    sigma is a fraction of the image's height (rows) and width (columns).
+    """
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+    g = torch.exp(-0.5 * (centres / sigma) ** 2)
+    return g[:, None] * g[None, :]
+
+
+def post_process(grid_map, blur_sigma=0.0, centre_weight=0.0, size=200):
+    """Blur a dense map and blend it with the centre prior, as the MIT benchmark tunes both.
+
+    grid_map: float [G, G] in [0, 1]; blur_sigma: Gaussian sigma as a fraction of the image
+    size (0: none); centre_weight: w in (1 - w) * map + w * centre (maps min-max scaled
+    first). Returns float [size, size] in [0, 1] (resize it to the image size afterwards).
+    """
+    x = F.interpolate(grid_map[None, None].float(), size=(size, size), mode="bilinear",
+                      align_corners=False)[0, 0]
+    if blur_sigma > 0:
+        radius = max(1, int(3 * blur_sigma * size))
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (offsets / (blur_sigma * size)) ** 2)
+        kernel = kernel / kernel.sum()
+        x = F.pad(x[None, None], (radius, radius, radius, radius), mode="replicate")
+        x = F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))[0, 0]
+    x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
+    if centre_weight > 0:
+        x = (1 - centre_weight) * x + centre_weight * centre_bias_map(size)
+    return x

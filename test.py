@@ -1,0 +1,283 @@
+"""Evaluate a trained Mr-CNN, or compute saliency maps for your own images.
+
+    python test.py --data-dir ../shared/data/MIT1003               # shipped MrCNN, test split
+    python test.py --checkpoint checkpoint/<run>/best.pth --split val --save-maps
+    python test.py --checkpoint checkpoint/<run>/best.pth --tune-post-processing
+    python test.py --images photo.jpg other.png --output-dir maps/
+
+Scores every image with the MIT benchmark's metrics (metrics.py) for the model (raw and,
+when the checkpoint carries it, post-processed), a centre-bias baseline and a chance map;
+writes OUT/per_image.csv, OUT/metrics.json and OUT/best_worst.png, and prints the table.
+"""
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import dataset
+import metrics
+from checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from inference import MODES, centre_bias_map, post_process, saliency_grid
+from main import pick_precision, predict_maps
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint" / "pretrained" / "MrCNN.pth"
+BLUR_SIGMAS = (0.0, 0.02, 0.04, 0.06)
+CENTRE_WEIGHTS = (0.0, 0.2, 0.4, 0.6)
+
+
+class UsageError(Exception):
+    """Bad input to test.py: the message says what, which file and what to do."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Evaluate Mr-CNN saliency maps.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
+                        help="checkpoint written by main.py (default: the shipped MrCNN)")
+    parser.add_argument("--data-dir", default="data/MIT1003", help="MIT-layout folder")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                        help="MIT1003 split; all: every image in --data-dir")
+    parser.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
+                        help="your own images: write maps and overlays, no ground truth")
+    parser.add_argument("--output-dir", default="results", help="where results are written")
+    parser.add_argument("--inference", default="fcn", choices=MODES, help="dense inference")
+    parser.add_argument("--grid-size", type=int, default=50, help="grid of scored locations")
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast precision of inference")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device")
+    parser.add_argument("--save-maps", action="store_true", help="write every map as a PNG")
+    parser.add_argument("--tune-post-processing", action="store_true",
+                        help="tune blur and centre blend on the val split and store them in "
+                             "the checkpoint")
+    parser.add_argument("--cache-dir", default=".cache", help="resized-image cache")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random AUC splits")
+    parser.add_argument("-j", "--worker-count", type=int, default=None, help="decode workers")
+    return parser.parse_args(argv)
+
+
+def load_model(args):
+    state = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(state, args.checkpoint).to(args.device).eval()
+    return state, model
+
+
+def ensure_output_dir(path):
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"cannot write to output dir {path} ({error.strerror}). Pass a "
+                         f"writable --output-dir.")
+    return path
+
+
+def load_split(args):
+    if dataset.is_coursework_dir(args.data_dir) and args.split in ("val", "test"):
+        return dataset.load_coursework(args.data_dir, args.split)
+    return dataset.load_mit(args.data_dir, args.split, args.cache_dir, args.worker_count,
+                            ground_truth=True)
+
+
+def score_rows(maps_by_row, data, seed):
+    """{row: list of maps} -> {row: list of per-image metric dicts} on a SaliencySet."""
+    from tqdm import tqdm
+    scores = {row: [] for row in maps_by_row}
+    for i in tqdm(range(len(data)), desc="scoring", unit="img", disable=not sys.stderr.isatty()):
+        fixations, density = data.ground_truth(i)
+        other = metrics.shuffled_other_map(i, data.fixations, seed=seed)
+        for row, maps in maps_by_row.items():
+            # scored as the benchmark scores submissions: at the image's size, in [0, 1]
+            saliency = full_size(maps[i], None, *fixations.shape)
+            scores[row].append(metrics.score_image(saliency, fixations, density, other,
+                                                   rng=[seed, i]))
+    return scores
+
+
+def tune_post_processing(model, args, precision):
+    """Grid-search blur sigma and centre weight for mean AUC-Judd on the val split."""
+    val = dataset.load_mit(args.data_dir, "val", args.cache_dir, args.worker_count)
+    maps = predict_maps(model, val, args.inference, precision, args.grid_size)
+    best = (-1.0, 0.0, 0.0)
+    for sigma in BLUR_SIGMAS:
+        for weight in CENTRE_WEIGHTS:
+            score = float(np.nanmean([metrics.auc_judd(post_process(m, sigma, weight),
+                                                       val.fixations[i])
+                                      for i, m in enumerate(maps)]))
+            print(f"  blur {sigma:.2f} centre {weight:.1f}: val AUC-Judd {score:.4f}")
+            best = max(best, (score, sigma, weight))
+    return {"blur_sigma": best[1], "centre_weight": best[2], "val_auc_judd": best[0]}
+
+
+def summarise(scores):
+    """{row: per-image dicts} -> {row: {metric: {'mean', 'std', 'ci95'}}}."""
+    table = {}
+    for row, per_image in scores.items():
+        table[row] = {}
+        for name in metrics.METRIC_NAMES:
+            values = np.array([r[name] for r in per_image], dtype=np.float64)
+            values = values[np.isfinite(values)]
+            std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+            table[row][name] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                                "std": std, "ci95": 1.96 * std / math.sqrt(max(len(values), 1))}
+    return table
+
+
+def print_table(table, n_images):
+    short = {"auc_judd": "AUC-Judd", "auc_shuffled": "sAUC", "auc_borji": "AUC-Borji",
+             "nss": "NSS", "cc": "CC", "similarity": "SIM", "kl_divergence": "KL",
+             "coursework_auc": "cw-AUC"}
+    print(f"\n{n_images} images, mean +- 95% CI")
+    print(f"{'':16s}" + "".join(f"{short[m]:>17s}" for m in metrics.METRIC_NAMES))
+    for row, values in table.items():
+        cells = "".join(f"{values[m]['mean']:>9.4f} +-{values[m]['ci95']:6.4f}"
+                        for m in metrics.METRIC_NAMES)
+        print(f"{row:16s}{cells}")
+
+
+def save_png(array, path):
+    """float [H, W] in [0, 1] -> 8-bit grey PNG."""
+    Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def full_size(grid_map, post, height, width):
+    """A model's grid map -> float [H, W] in [0, 1] at the image size (post-processed if given)."""
+    x = post_process(grid_map, **post) if post else grid_map
+    x = metrics.resize_map(x, (height, width))
+    return (x - x.min()) / max(x.max() - x.min(), 1e-12)
+
+
+def overlay(image, saliency):
+    """RGB uint8 [H, W, 3] and a map [H, W] in [0, 1] -> uint8 heat-map overlay."""
+    import matplotlib
+    colours = matplotlib.colormaps["jet"](saliency)[..., :3]
+    return (0.5 * image / 255.0 + 0.5 * colours).clip(0, 1)
+
+
+def write_figure(data, maps, scores, path, source_images):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    judd = np.array([r["auc_judd"] for r in scores])
+    order = np.argsort(np.nan_to_num(judd, nan=-1))
+    picks = list(order[::-1][:3]) + list(order[:3])
+    fig, axes = plt.subplots(len(picks), 4, figsize=(13, 2.6 * len(picks)))
+    for row, i in enumerate(picks):
+        image = source_images(i)
+        fixations, density = data.ground_truth(i)
+        pred = full_size(maps[i], None, *density.shape)
+        ys, xs = np.nonzero(fixations)
+        panels = [(image, f"{data.names[i]}"), (density, "ground truth + fixations"),
+                  (pred, f"prediction (AUC-Judd {judd[i]:.3f})"), (overlay(image, pred), "overlay")]
+        for col, (picture, title) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None)
+            if col == 1:
+                ax.scatter(xs, ys, s=3, c="red")
+            ax.set_title(title[:40], fontsize=8)
+            ax.axis("off")
+    fig.suptitle("best (top 3) and worst (bottom 3) images by AUC-Judd")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def evaluate(args, state, model, precision, output_dir):
+    data = load_split(args)
+    post = state.get("post_processing")
+    maps = predict_maps(model, data, args.inference, precision, args.grid_size)
+    rows = {"raw": maps}
+    if post:
+        rows["post_processed"] = [post_process(m, post["blur_sigma"], post["centre_weight"])
+                                  for m in maps]
+    rows["centre_bias"] = [centre_bias_map()] * len(data)
+    rng = np.random.default_rng(args.seed)
+    rows["chance"] = [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
+                      for _ in range(len(data))]
+    scores = score_rows(rows, data, args.seed)
+    table = summarise(scores)
+    default_row = "post_processed" if post else "raw"
+    summary = {"n_images": len(data), "checkpoint": str(args.checkpoint), "split": args.split,
+               "inference": args.inference, "default_row": default_row,
+               **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES},
+               "rows": table, "post_processing": post}
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    with open(output_dir / "per_image.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "row", *metrics.METRIC_NAMES])
+        for row, per_image in scores.items():
+            for name, values in zip(data.names, per_image):
+                writer.writerow([name, row, *(f"{values[m]:.6f}" for m in metrics.METRIC_NAMES)])
+    stimuli = Path(args.data_dir) / dataset.STIMULI
+
+    def source_image(i):
+        matches = sorted(stimuli.glob(f"{data.names[i]}.*"))
+        if matches:
+            return np.asarray(dataset.open_rgb(matches[0]))
+        h, w = data.fixations[i].shape
+        return np.asarray(Image.fromarray(data.scales[0][i].permute(1, 2, 0).numpy()).resize((w, h)))
+    write_figure(data, rows[default_row], scores[default_row], output_dir / "best_worst.png",
+                 source_image)
+    if args.save_maps:
+        (output_dir / "maps").mkdir(exist_ok=True)
+        for i, name in enumerate(data.names):
+            save_png(full_size(maps[i], post, *data.fixations[i].shape),
+                     output_dir / "maps" / f"{name}.png")
+    print_table(table, len(data))
+    print(f"\nwrote {output_dir / 'metrics.json'}, {output_dir / 'per_image.csv'} and "
+          f"{output_dir / 'best_worst.png'}")
+    return summary
+
+
+def own_images(args, state, model, precision, output_dir):
+    """Write <stem>_saliency.png and <stem>_overlay.png for every --images file."""
+    post = state.get("post_processing")
+    for path in args.images:
+        if not Path(path).is_file():
+            raise UsageError(f"image {path} does not exist. Check the path.")
+        try:
+            image = dataset.open_rgb(path)
+        except dataset.DatasetError as error:
+            raise UsageError(str(error))
+        scales = [dataset.resize_rgb(image, s)[None] for s in dataset.SCALES]
+        grid = saliency_grid(model, scales, args.inference, args.grid_size, precision=precision)[0]
+        saliency = full_size(grid, post, image.height, image.width)
+        stem = Path(path).stem
+        save_png(saliency, output_dir / f"{stem}_saliency.png")
+        picture = overlay(np.asarray(image, dtype=np.float64), saliency)
+        Image.fromarray((picture * 255 + 0.5).astype(np.uint8)).save(
+            output_dir / f"{stem}_overlay.png")
+        print(f"wrote {output_dir / f'{stem}_saliency.png'} and {stem}_overlay.png")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda but no CUDA device is available; use --device cpu")
+        state, model = load_model(args)
+        precision = pick_precision(args.precision, torch.device(args.device))
+        output_dir = ensure_output_dir(args.output_dir)
+        if args.tune_post_processing:
+            state["post_processing"] = tune_post_processing(model, args, precision)
+            save_checkpoint(state, args.checkpoint)
+            print(f"stored post-processing {state['post_processing']} in {args.checkpoint}")
+        if args.images:
+            own_images(args, state, model, precision, output_dir)
+        else:
+            evaluate(args, state, model, precision, output_dir)
+    except (UsageError, CheckpointError, dataset.DatasetError) as error:
+        sys.exit(f"error: {error}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
