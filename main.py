@@ -254,6 +254,23 @@ def clip_conv1(model, max_norm):
             w.mul_((max_norm / norms).clamp(max=1.0).view(-1, 1, 1, 1))
 
 
+def train_step(model, optimizer, loss_fn, crops, target, precision, max_norm=0.0):
+    """One optimisation step on a batch; returns (logits, loss) as device tensors (no sync).
+
+    crops: float [B, 3, 3, 42, 42] in [0, 1]; target: float [B] of 0/1; precision: autocast
+    'fp32', 'bf16' or 'fp16' (the loss is computed in fp32).
+    """
+    with autocast_context(crops.device, precision):
+        logits = model(crops)
+    loss = loss_fn(logits.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if max_norm > 0:
+        clip_conv1(model, max_norm)
+    return logits, loss
+
+
 class Trainer:
     """Holds the run's state; ``train()`` runs the epochs, ``validate()`` scores the val set."""
 
@@ -374,14 +391,8 @@ class Trainer:
             sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
             crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl])
             target = labels[sl].to(self.device)
-            with autocast_context(self.device, self.precision):
-                logits = model(crops)
-            loss = self.loss_fn(logits.float(), target)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if args.max_norm > 0:
-                clip_conv1(model, args.max_norm)
+            logits, loss = train_step(model, self.optimizer, self.loss_fn, crops, target,
+                                      self.precision, args.max_norm)
             if recorder is not None:
                 recorder.remove()
                 save_feature_maps(model, recorder, writer, self.run_dir / "features", self.step)

@@ -1,0 +1,180 @@
+"""Benchmark on the current device: matmul ceilings, training throughput, dense inference, metrics.
+
+    python bench.py                       # full run, prints a table (a few minutes on 2 cores)
+    python bench.py --json bench.json     # also write the numbers as JSON
+    python bench.py --quick               # fewer repeats
+
+Every number is a median over repeats, measured in this one run, so ratios between rows are
+comparable; absolute numbers vary between machines and runs. Images are MIT1003-sized
+(1024x768) synthetic scenes, so no dataset is needed.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import dataset
+import metrics
+from inference import saliency_grid
+from main import pick_precision, train_step
+from MrCNN import build_model
+
+GFLOP_PER_TRAINING_SAMPLE = 1.26  # forward + backward of one three-scale sample (~3x forward)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, repeats, device, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(dtype, device, repeats, n=2048):
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = median_seconds(lambda: a @ b, repeats, device)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def training_samples_per_s(name, batch_size, precision, device, scales, steps, repeats):
+    torch.manual_seed(0)
+    model = build_model(name).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = nn.BCEWithLogitsLoss()
+    padded = [dataset.pad_images(s).to(device) for s in scales]
+    generator = torch.Generator().manual_seed(0)
+    n = batch_size * steps
+    index = torch.randint(len(scales[0]), (n,), generator=generator).to(device)
+    rel = torch.rand(n, 2, generator=generator).to(device)
+    target = (torch.rand(n, generator=generator) < 1 / 3).float().to(device)
+    flip = torch.rand(n, generator=generator).to(device) < 0.5
+
+    def run():
+        for k in range(steps):
+            sl = slice(k * batch_size, (k + 1) * batch_size)
+            crops = dataset.cut_crops(padded, index[sl], rel[sl], flip[sl])
+            train_step(model, optimizer, loss_fn, crops, target[sl], precision)
+    return n / median_seconds(run, repeats, device)
+
+
+def inference_seconds(model, scales, mode, precision, device, repeats, batch_size=1024):
+    return median_seconds(lambda: saliency_grid(model, scales, mode, batch_size=batch_size,
+                                                precision=precision), repeats, device)
+
+
+def crops_batch1_seconds(model, scales, device, n_locations):
+    """The seed's loop: one location per forward pass; timed on n_locations, scaled to 2,500."""
+    model.eval()
+    padded = [dataset.pad_images(s[:1]).to(device) for s in scales]
+    rel = dataset.grid_locations(50, device)[:n_locations]
+    index = torch.zeros(1, dtype=torch.long, device=device)
+
+    def run():
+        with torch.no_grad():
+            for k in range(n_locations):
+                model(dataset.cut_crops(padded, index, rel[k:k + 1]))
+    return median_seconds(run, 3, device) * 2500 / n_locations
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--json", default=None, metavar="PATH", help="write the numbers here")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    repeats, steps = (3, 3) if args.quick else (5, 8)
+    default_precision = pick_precision("auto", device)
+    low = "bf16" if default_precision == "bf16" else "fp16" if device.type == "cuda" else "fp32"
+    precisions = ["fp32"] + ([low] if low != "fp32" else [])
+    results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "default_precision": default_precision}
+    rows = []
+
+    results["matmul_gflops"] = {"fp32": matmul_gflops(torch.float32, device, repeats)}
+    if low != "fp32":
+        results["matmul_gflops"][low] = matmul_gflops(
+            torch.bfloat16 if low == "bf16" else torch.float16, device, repeats)
+    for p, value in results["matmul_gflops"].items():
+        rows.append((f"matmul 2048^3 {p}", f"{value:.0f} GFLOP/s"))
+
+    train_scenes = dataset.load_synthetic(16, seed=0).scales
+    results["training"] = {}
+    for name in ("MrCNN", "MrCNNs"):
+        for batch_size in (128, 256):
+            for precision in precisions:
+                rate = training_samples_per_s(name, batch_size, precision, device, train_scenes,
+                                              steps, repeats)
+                ceiling = results["matmul_gflops"][precision]
+                fraction = rate * GFLOP_PER_TRAINING_SAMPLE / ceiling
+                results["training"][f"{name}_bs{batch_size}_{precision}"] = {
+                    "samples_per_s": rate, "fraction_of_matmul_ceiling": fraction}
+                rows.append((f"train {name} batch {batch_size} {precision}",
+                             f"{rate:.0f} samples/s ({100 * fraction:.0f}% of matmul)"))
+    results["train_samples_per_s"] = \
+        results["training"][f"MrCNN_bs256_{default_precision}"]["samples_per_s"]
+
+    rng = np.random.default_rng(0)
+    image, points, density = dataset.synthetic_image(rng, height=768, width=1024)
+    from PIL import Image
+    pil = Image.fromarray(image)
+    scales = [dataset.resize_rgb(pil, s)[None] for s in dataset.SCALES]
+    torch.manual_seed(0)
+    model = build_model("MrCNN").to(device).eval()
+    inference = {}
+    for precision in precisions:
+        inference[f"fcn_{precision}"] = inference_seconds(model, scales, "fcn", precision,
+                                                          device, repeats)
+    inference["crops_batched_fp32"] = inference_seconds(model, scales, "crops", "fp32", device,
+                                                        max(1, repeats // 2))
+    inference["crops_batch1_fp32"] = crops_batch1_seconds(model, scales, device, 250)
+    results["inference_seconds_per_image"] = inference
+    results["fcn_seconds_per_image"] = inference[f"fcn_{default_precision}"]
+    results["crops_batched_seconds_per_image"] = inference["crops_batched_fp32"]
+    results["crops_batch1_seconds_per_image"] = inference["crops_batch1_fp32"]
+    for key, value in inference.items():
+        rows.append((f"dense map {key.replace('_', ' ')}", f"{value:.3f} s/image"))
+    rows.append(("fcn speed-up vs batch-1 crops",
+                 f"{inference['crops_batch1_fp32'] / results['fcn_seconds_per_image']:.0f}x"))
+    rows.append(("fcn speed-up vs batched crops",
+                 f"{inference['crops_batched_fp32'] / results['fcn_seconds_per_image']:.0f}x"))
+
+    grid = saliency_grid(model, scales)[0]
+    saliency = metrics.resize_map(grid, density.shape)
+    other = np.zeros_like(points)
+    other[rng.integers(0, 768, 1000), rng.integers(0, 1024, 1000)] = True
+    results["metrics_seconds_per_image"] = median_seconds(
+        lambda: metrics.score_image(saliency, points, density, other), repeats, device)
+    rows.append(("all 8 metrics, 1024x768", f"{results['metrics_seconds_per_image']:.3f} s/image"))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"default precision {default_precision} (medians)")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+        print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

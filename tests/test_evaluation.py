@@ -1,0 +1,94 @@
+"""test.py end to end (via subprocess: tests never import test) and the shipped checkpoints."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import metrics
+from checkpoints import load_checkpoint, model_from_checkpoint
+from conftest import ROOT
+from test_dataset import write_mit_folder
+
+PRETRAINED = ROOT / "checkpoint" / "pretrained"
+
+
+@pytest.mark.parametrize("name, n_parameters", [("MrCNN", 6_473_153), ("MrCNNs", 2_682_689)])
+def test_shipped_checkpoint_metadata_and_forward_pass(name, n_parameters):
+    path = PRETRAINED / f"{name}.pth"
+    assert path.stat().st_size < 30e6
+    state = load_checkpoint(path)  # weights_only=True
+    assert state["model"] == name and state["command"].startswith("python main.py")
+    assert set(state["post_processing"]) >= {"blur_sigma", "centre_weight"}
+    assert len(state["normalisation"]["mean"]) == 3
+    model = model_from_checkpoint(state, path).eval()
+    assert sum(p.numel() for p in model.parameters()) == n_parameters
+    torch.testing.assert_close(model.input_mean, torch.tensor(state["normalisation"]["mean"]))
+    probability = torch.sigmoid(model(torch.rand(4, 3, 3, 42, 42)))
+    assert probability.shape == (4,) and ((probability > 0) & (probability < 1)).all()
+
+
+def run_test_py(tmp_path, *args):
+    return subprocess.run([sys.executable, str(ROOT / "test.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_evaluation_of_an_mit_layout_folder_writes_every_output(tmp_path):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b", "c"], size=(60, 80))
+    out = tmp_path / "out"
+    result = run_test_py(tmp_path, "--checkpoint", str(PRETRAINED / "MrCNNs.pth"), "--data-dir",
+                         str(data), "--split", "all", "--output-dir", str(out), "--save-maps")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["n_images"] == 3
+    for name in metrics.METRIC_NAMES:
+        assert np.isfinite(summary[name]), name
+    assert set(summary["rows"]) == {"raw", "post_processed", "centre_bias", "chance"}
+    for row in summary["rows"].values():
+        assert set(row) == set(metrics.METRIC_NAMES)
+        assert set(row["auc_judd"]) == {"mean", "std", "ci95"}
+    lines = (out / "per_image.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 3 * 4
+    assert Image.open(out / "best_worst.png").size[0] > 100
+    for name in ("a", "b", "c"):
+        assert Image.open(out / "maps" / f"{name}.png").size == (80, 60)
+    assert "centre_bias" in result.stdout and "+-" in result.stdout
+
+
+def test_own_images_greyscale_and_rgba_give_map_and_overlay_at_their_size(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8)).save(grey)
+    rgba = tmp_path / "alpha.png"
+    Image.fromarray(rng.integers(0, 255, (40, 30, 4), dtype=np.uint8), "RGBA").save(rgba)
+    out = tmp_path / "maps"
+    result = run_test_py(tmp_path, "--images", str(grey), str(rgba), "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stem, size in (("grey", (70, 50)), ("alpha", (30, 40))):
+        saliency = Image.open(out / f"{stem}_saliency.png")
+        assert saliency.size == size and saliency.mode == "L"
+        assert Image.open(out / f"{stem}_overlay.png").size == size
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"\xff\xd8\xff\xe0 truncated"), "cannot read image"),
+    (lambda p: None, "does not exist"),
+])
+def test_bad_own_image_is_one_clear_error(tmp_path, make, message):
+    path = tmp_path / "bad.jpg"
+    make(path)
+    result = run_test_py(tmp_path, "--images", str(path), "--output-dir", str(tmp_path / "o"))
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
+    bogus = tmp_path / "notes.pth"
+    bogus.write_text("hello")
+    result = run_test_py(tmp_path, "--checkpoint", str(bogus), "--images", "x.png")
+    assert result.returncode != 0 and "not a loadable checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
