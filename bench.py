@@ -91,13 +91,42 @@ def crops_batch1_seconds(model, scales, device, n_locations):
     return median_seconds(run, 3, device) * 2500 / n_locations
 
 
+def fcn_agreement(args):
+    """Print and return how far fcn (each phase count, fp32 and bf16) is from crops."""
+    from checkpoints import load_checkpoint, model_from_checkpoint
+    model = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint).eval()
+    val = dataset.load_mit(args.data_dir, "val").subset(list(range(args.agreement)))
+    reference = saliency_grid(model, val.scales, "crops")
+    judd_ref = [metrics.auc_judd(m, f) for m, f in zip(reference, val.fixations)]
+    results = {}
+    for phases in (1, 2, 4):
+        for precision in ("fp32", "bf16"):
+            maps = saliency_grid(model, val.scales, "fcn", precision=precision, phases=phases)
+            corr = [np.corrcoef(a.flatten(), b.flatten())[0, 1] for a, b in zip(reference, maps)]
+            judd = [metrics.auc_judd(m, f) for m, f in zip(maps, val.fixations)]
+            key = f"phases{phases}_{precision}"
+            results[key] = {"mean_correlation": float(np.mean(corr)),
+                            "min_correlation": float(np.min(corr)),
+                            "mean_abs_auc_judd_diff": float(np.mean(np.abs(np.subtract(judd, judd_ref))))}
+            print(f"fcn {key}: map correlation mean {np.mean(corr):.4f} min {np.min(corr):.4f}, "
+                  f"mean |AUC-Judd diff| {results[key]['mean_abs_auc_judd_diff']:.4f}")
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--json", default=None, metavar="PATH", help="write the numbers here")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    parser.add_argument("--agreement", type=int, default=0, metavar="N",
+                        help="instead: compare fcn with crops on the first N MIT1003 val images "
+                             "with --checkpoint (map correlation, AUC-Judd difference)")
+    parser.add_argument("--checkpoint", default="checkpoint/pretrained/MrCNN.pth")
+    parser.add_argument("--data-dir", default="data/MIT1003")
     args = parser.parse_args(argv)
+    if args.agreement:
+        return fcn_agreement(args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     repeats, steps = (3, 3) if args.quick else (5, 8)

@@ -1,0 +1,46 @@
+"""Plot train loss and val sAUC per epoch of the runs in docs/gpu_training_logs.txt.
+
+    python docs/plot_training_curves.py   # writes docs/training_curves.png
+"""
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RUNS = ("mrcnn_adam", "mrcnn_sgd", "mrcnn_adam_wd1e3", "mrcnns_adam", "mrcnns_sgd")
+LINE = re.compile(r"epoch (\d+)/\d+: loss ([\d.]+) .*sAUC ([\d.]+)")
+
+
+def read_runs(path):
+    """{run name: [(epoch, train loss, val sAUC)]} from the concatenated main.py logs."""
+    runs, current = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("==="):
+            current = Path(line.split()[-1]).stem
+            runs[current] = []
+        elif current and (match := LINE.search(line)):
+            runs[current].append((int(match[1]), float(match[2]), float(match[3])))
+    return runs
+
+
+def main():
+    runs = read_runs(HERE / "gpu_training_logs.txt")
+    fig, (loss_ax, sauc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in RUNS:
+        epochs, losses, saucs = zip(*runs[name])
+        loss_ax.plot(epochs, losses, label=name)
+        sauc_ax.plot(epochs, saucs, label=name)
+    loss_ax.set(xlabel="epoch", ylabel="train loss (BCE)", title="training loss")
+    sauc_ax.set(xlabel="epoch", ylabel="val shuffled AUC", title="validation sAUC (100 images)")
+    sauc_ax.axhline(0.719, color="grey", linestyle="--", label="paper (0.719)")
+    sauc_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "training_curves.png", dpi=90)
+
+
+if __name__ == "__main__":
+    main()
