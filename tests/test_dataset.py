@@ -141,3 +141,33 @@ def test_real_mit1003_images_load_with_their_ground_truth(tmp_path):
         assert 20 < points.sum() < 400  # MIT1003 has 48-164 fixations per image
         assert density.max() == pytest.approx(1.0)
         assert density[points].mean() > density.mean()
+
+
+def test_coursework_files_are_read_and_trained_on(tmp_path):
+    """A folder of the coursework's .pth.tar files (and ALLFIXATIONMAPS) trains as it is."""
+    import main
+    write_mit_folder(tmp_path / "src", ["v1", "v2"], size=(60, 80))
+    (tmp_path / "cw").mkdir()
+    (tmp_path / "src" / dataset.MAPS).rename(tmp_path / "cw" / dataset.MAPS)
+    rng = torch.Generator().manual_seed(0)
+    train = [{"X": torch.rand(3, 3, 42, 42, generator=rng), "y": k % 2, "file": f"t{k}.jpeg"}
+             for k in range(40)]
+    val = [{"X": torch.rand(3, 60, 80), "X_400": torch.rand(3, 400, 400),
+            "X_250": torch.rand(3, 250, 250), "X_150": torch.rand(3, 150, 150),
+            "spatial_coords": torch.zeros(2500, 2), "y": -1, "file": f"{name}.jpeg"}
+           for name in ("v1", "v2")]
+    torch.save(train, tmp_path / "cw" / "train_data.pth.tar")
+    torch.save(val, tmp_path / "cw" / "val_data.pth.tar")
+    loaded = dataset.load_coursework(tmp_path / "cw", "train")
+    assert loaded.samples[0].shape == (40, 3, 3, 42, 42)
+    assert loaded.samples[1].sum() == 20
+    loaded_val = dataset.load_coursework(tmp_path / "cw", "val")
+    assert loaded_val.names == ["v1", "v2"] and loaded_val.fixations[0].shape == (60, 80)
+    args = main.parse_args(["--data-dir", str(tmp_path / "cw"), "--epochs", "1",
+                            "--batch-size", "8", "--checkpoint-dir", str(tmp_path / "ck"),
+                            "--log-dir", str(tmp_path / "logs"), "--run-name", "cw"])
+    trainer = main.Trainer(args)
+    assert trainer.data_description.startswith("coursework")
+    result, _ = trainer.train(progress=False)
+    assert 0 <= result["auc_judd"] <= 1
+    assert (tmp_path / "ck" / "cw" / "final_model.pth").is_file()
