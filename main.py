@@ -192,7 +192,6 @@ def save_feature_maps(model, recorder, writer, folder, step):
     filters = model.stream(0).conv1.weight.detach().float().cpu()  # [96, 3, 7, 7]
     lo, hi = filters.min(), filters.max()
     rgb = ((filters - lo) / (hi - lo)).permute(0, 2, 3, 1)
-    pictures = {"conv1_filters": None}
     fig, axes = plt.subplots(8, 12, figsize=(6, 4))
     for ax, f in zip(axes.flat, rgb):
         ax.imshow(f.numpy(), interpolation="nearest")
@@ -204,10 +203,8 @@ def save_feature_maps(model, recorder, writer, folder, step):
         for crop in range(min(4, act.shape[0])):
             channels = act[crop, :32]
             grid = image_grid(channels, columns=8)
-            pictures[f"{name}_crop{crop}"] = grid
             writer.add_image(f"features/{name}_crop{crop}", grid, step)
             plt.imsave(folder / f"{name}_crop{crop}.png", grid[0].numpy(), cmap="viridis")
-    return sorted(pictures)
 
 
 def capture_rng():
