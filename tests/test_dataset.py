@@ -171,3 +171,8 @@ def test_coursework_files_are_read_and_trained_on(tmp_path):
     result, _ = trainer.train(progress=False)
     assert 0 <= result["auc_judd"] <= 1
     assert (tmp_path / "ck" / "cw" / "final_model.pth").is_file()
+
+
+def test_a_split_file_naming_missing_images_is_a_clear_error():
+    with pytest.raises(dataset.DatasetError, match="names 100 images that the data dir lacks"):
+        dataset.read_split("val", names=["only_this_one"])

@@ -87,3 +87,12 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     result = run_main(tmp_path, "--resume", str(path))
     assert result.returncode != 0 and "not a loadable checkpoint" in result.stderr
     assert "pwned" not in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_nan_loss_stops_the_run_with_a_message_and_keeps_earlier_checkpoints(tmp_path,
+                                                                                small_synthetic):
+    trainer = main.Trainer(make_args(tmp_path, "--epochs", "2", "--batch-size", "64"))
+    trainer.loss_fn = lambda logits, target: (logits * float("nan")).mean()
+    with pytest.raises(SystemExit, match="loss became nan"):
+        trainer.train(progress=False)
+    assert not (tmp_path / "checkpoint" / "run" / "final_model.pth").exists()
