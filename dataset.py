@@ -252,7 +252,7 @@ def _decode_one(args):
     try:
         image = open_rgb(path)
         density = open_grey(Path(maps_dir) / f"{name}_fixMap.jpg")
-        points = open_grey(Path(maps_dir) / f"{name}_fixPts.jpg")
+        open_grey(Path(maps_dir) / f"{name}_fixPts.jpg")  # unreadable points: skip the image now
     except DatasetError as error:
         return name, str(error)
     if density.shape != (image.height, image.width):

@@ -130,6 +130,15 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
 
 
 
+def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8):
+    """Dense maps of every image of a SaliencySet: list of float [grid, grid] tensors in (0, 1)."""
+    maps = []
+    for start in range(0, len(data), images_per_call):
+        chunk = [s[start:start + images_per_call] for s in data.scales]
+        maps.extend(saliency_grid(model, chunk, mode, grid_size, precision=precision))
+    return maps
+
+
 def centre_bias_map(size=200, sigma=0.25):
     """A centred isotropic Gaussian in relative coordinates: float [size, size] with max 1.
 

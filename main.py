@@ -27,7 +27,7 @@ import dataset
 import metrics
 from checkpoints import (CheckpointError, load_checkpoint, model_from_checkpoint,
                          save_checkpoint)
-from inference import autocast_context, saliency_grid
+from inference import autocast_context, predict_maps
 from MrCNN import build_model
 
 DEFAULT_DATA_DIR = "data/MIT1003"
@@ -344,14 +344,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def epoch_samples(self):
-        """(image index, relative location, label, flip) for one epoch, shuffled."""
+        """(image index, relative location, label, flip) for one epoch, shuffled, moved to the
+        device once per epoch (for the coursework's pre-cut crops: sample index, None, ...)."""
         if self.train_set.samples is not None:
-            crops, labels = self.train_set.samples
-            n = len(labels)
-            order = torch.randperm(n, generator=self.generator)
-            flip = (torch.rand(n, generator=self.generator) < 0.5) & (not self.args.no_flip)
-            return order, None, labels[order], flip
-        if self.frozen_locations is not None and self.args.freeze_locations:
+            labels = self.train_set.samples[1]
+            index, rel = torch.arange(len(labels)), None
+        elif self.frozen_locations is not None and self.args.freeze_locations:
             index, rel, labels = self.frozen_locations
         else:
             index, rel, labels = dataset.sample_locations(
@@ -360,14 +358,15 @@ class Trainer:
             self.frozen_locations = (index, rel, labels)
         order = torch.randperm(len(labels), generator=self.generator)
         flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
-        return index[order], rel[order], labels[order], flip
+        index_device = "cpu" if rel is None else self.device  # pre-cut crops stay in host memory
+        return (index[order].to(index_device), None if rel is None else rel[order].to(self.device),
+                labels[order].to(self.device), flip.to(self.device))
 
     def batch_crops(self, index, rel, flip):
         if rel is None:  # coursework files: pre-cut crops
             crops = self.train_set.samples[0][index].to(self.device)
-            return torch.where(flip.to(self.device)[:, None, None, None, None], crops.flip(-1), crops)
-        return dataset.cut_crops(self.train_scales, index.to(self.device), rel.to(self.device),
-                                 flip.to(self.device))
+            return torch.where(flip[:, None, None, None, None], crops.flip(-1), crops)
+        return dataset.cut_crops(self.train_scales, index, rel, flip)
 
     def train_epoch(self, writer, recorder, progress):
         from tqdm import tqdm
@@ -387,7 +386,7 @@ class Trainer:
         for b in bar:
             sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
             crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl])
-            target = labels[sl].to(self.device)
+            target = labels[sl]
             logits, loss = train_step(model, self.optimizer, self.loss_fn, crops, target,
                                       self.precision, args.max_norm)
             if recorder is not None:
@@ -507,15 +506,6 @@ class Trainer:
                                run_name=".")
         writer.close()
         return last_val, interrupted
-
-
-def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8):
-    """Dense maps of every image of a SaliencySet: list of float [grid, grid] tensors in (0, 1)."""
-    maps = []
-    for start in range(0, len(data), images_per_call):
-        chunk = [s[start:start + images_per_call] for s in data.scales]
-        maps.extend(saliency_grid(model, chunk, mode, grid_size, precision=precision))
-    return maps
 
 
 def main(argv=None):

@@ -23,8 +23,8 @@ from PIL import Image
 import dataset
 import metrics
 from checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from inference import MODES, centre_bias_map, post_process, saliency_grid
-from main import pick_precision, predict_maps
+from inference import MODES, centre_bias_map, post_process, predict_maps, saliency_grid
+from main import pick_precision
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint" / "pretrained" / "MrCNN.pth"
 BLUR_SIGMAS = (0.0, 0.02, 0.04, 0.06)
