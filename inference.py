@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dataset import SCALES, crop_starts, cut_crops, grid_locations, pad_images
 from MrCNN import CROP_SIZE
@@ -44,45 +45,62 @@ def _crops_logits(model, scales, grid_size, batch_size, phases=None):
     return torch.stack(out)
 
 
-def _stream_head(stream, x):
+def _stream_lattice(stream, x, phases=1):
     """Stream over a padded image as a fully convolutional net: [N, 3, L, L] -> [N, 512, K, K].
 
-    Output (k, l) is the stream's feature vector for the 42x42 crop starting at (8k, 8l).
+    Output (k, l) is the stream's feature vector for the 42x42 crop starting at pixel
+    (k * step, l * step), step = 8 / phases. With phases > 1 the last log2(phases) max-pools
+    run at stride 1 and every later layer is dilated to match ("a trous"), so the layers
+    before those pools run once instead of once per shifted copy of the image.
     """
-    x = stream.features(x)
+    n_pools = sum(isinstance(m, nn.MaxPool2d) for m in stream.features)
+    first_dense_pool = n_pools - int(math.log2(phases))
+    dilation, pool_index, relu_pending = 1, 0, False
+    for layer in stream.features:
+        if isinstance(layer, nn.ReLU):
+            relu_pending = True  # max-pool and ReLU commute: apply it to the smaller output
+            continue
+        if relu_pending and not isinstance(layer, nn.MaxPool2d):
+            x, relu_pending = torch.relu(x), False
+        if isinstance(layer, nn.Conv2d):
+            x = F.conv2d(x, layer.weight, layer.bias, dilation=dilation)
+        elif isinstance(layer, nn.MaxPool2d):
+            if pool_index >= first_dense_pool:
+                x = F.max_pool2d(x, 2, stride=1, dilation=dilation)
+                dilation *= 2
+            else:
+                x = F.max_pool2d(x, 2)
+            pool_index += 1
+        else:  # BatchNorm (eval): position-wise
+            x = layer(x)
+    if relu_pending:
+        x = torch.relu(x)
     fc = stream.fc
     side = int(math.isqrt(fc.in_features // x.shape[1]))
     weight = fc.weight.view(fc.out_features, x.shape[1], side, side)
-    return torch.relu(F.conv2d(x, weight, fc.bias))
+    return torch.relu(F.conv2d(x, weight, fc.bias, dilation=dilation))
 
 
 def _stream_feature_map(stream, images, starts, phases):
     """Stream features at crop starts ``starts`` (int [G], same for rows and columns).
 
-    images: float normalised [N, 3, S, S]; phases: 1, 2, 4 or 8 runs per axis, each shifted by
-    8 / phases pixels, interleaved into a lattice of step 8 / phases before interpolation
-    (8 is exact everywhere, at 64 times the cost). Returns [N, 512, G, G].
+    images: float normalised [N, 3, S, S]; phases: 1, 2, 4 or 8: features are computed on a
+    lattice of crop starts with step 8 / phases pixels and bilinearly interpolated to
+    ``starts`` (8 is exact everywhere, at many times the cost). Returns [N, 512, G, G].
     """
     size = images.shape[-1]
     first = int(starts.min())
     if all(int(s - first) % STRIDE == 0 for s in starts):
-        phases = 1  # every start falls on one stride-8 lattice: exact in one run
+        phases = 1  # every start falls on one stride-8 lattice: exact at the coarse step
     step = STRIDE // phases
     pad_lo = max(0, -first)
-    pad_lo += -(first + pad_lo) % step  # the first crop start falls on the fine lattice
-    positions = (starts + pad_lo).double() / step  # fine-lattice coordinate of each start
+    pad_lo += -(first + pad_lo) % step  # the first crop start falls on the lattice
+    positions = (starts + pad_lo).double() / step  # lattice coordinate of each start
     n_fine = math.ceil(float(positions.max())) + 1
-    n_coarse = math.ceil(n_fine / phases)
-    pad_hi = max(0, STRIDE * (n_coarse - 1) + CROP_SIZE + (phases - 1) * step - (size + pad_lo))
+    pad_hi = max(0, step * (n_fine - 1) + CROP_SIZE - (size + pad_lo))
     x = F.pad(images, (pad_lo, pad_hi, pad_lo, pad_hi), mode="replicate")
-    fine = None
-    for a in range(phases):
-        for b in range(phases):
-            out = _stream_head(stream, x[..., a * step:, b * step:])[..., :n_coarse, :n_coarse]
-            if fine is None:
-                fine = out.new_empty(*out.shape[:2], n_coarse * phases, n_coarse * phases)
-            fine[..., a::phases, b::phases] = out
-    fine = fine[..., :n_fine, :n_fine]
+    x = x.contiguous(memory_format=torch.channels_last)  # oneDNN: no layout reorders, ~3x on CPU
+    fine = _stream_lattice(stream, x, phases)[..., :n_fine, :n_fine]
     if torch.equal(positions, positions.round()):
         idx = positions.long().to(fine.device)
         return fine[:, :, idx][:, :, :, idx]
