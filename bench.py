@@ -171,19 +171,20 @@ def main(argv=None):
     for precision in precisions:
         inference[f"fcn_{precision}"] = inference_seconds(model, scales, "fcn", precision,
                                                           device, repeats)
-    inference["crops_batched_fp32"] = inference_seconds(model, scales, "crops", "fp32", device,
-                                                        max(1, repeats // 2))
+        inference[f"crops_batched_{precision}"] = inference_seconds(
+            model, scales, "crops", precision, device, max(1, repeats // 2))
     inference["crops_batch1_fp32"] = crops_batch1_seconds(model, scales, device, 250)
     results["inference_seconds_per_image"] = inference
+    # fcn and batched crops compared in the same (default) precision; batch-1 as the seed runs it
     results["fcn_seconds_per_image"] = inference[f"fcn_{default_precision}"]
-    results["crops_batched_seconds_per_image"] = inference["crops_batched_fp32"]
+    results["crops_batched_seconds_per_image"] = inference[f"crops_batched_{default_precision}"]
     results["crops_batch1_seconds_per_image"] = inference["crops_batch1_fp32"]
     for key, value in inference.items():
         rows.append((f"dense map {key.replace('_', ' ')}", f"{value:.3f} s/image"))
-    rows.append(("fcn speed-up vs batch-1 crops",
-                 f"{inference['crops_batch1_fp32'] / results['fcn_seconds_per_image']:.0f}x"))
-    rows.append(("fcn speed-up vs batched crops",
-                 f"{inference['crops_batched_fp32'] / results['fcn_seconds_per_image']:.0f}x"))
+    for label, key in (("batch-1 crops (fp32)", "crops_batch1_seconds_per_image"),
+                       (f"batched crops ({default_precision})", "crops_batched_seconds_per_image")):
+        rows.append((f"fcn ({default_precision}) speed-up vs {label}",
+                     f"{results[key] / results['fcn_seconds_per_image']:.0f}x"))
 
     grid = saliency_grid(model, scales)[0]
     saliency = metrics.resize_map(grid, density.shape)
