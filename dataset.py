@@ -167,7 +167,7 @@ def open_grey(path):
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode not in ("L", "F", "I", "I;16"):
+            if image.mode not in ("L", "F", "I", "I;16", "I;16B", "I;16L"):
                 image = image.convert("L")
             return np.asarray(image, dtype=np.float64)
     except (OSError, ValueError) as error:
@@ -247,23 +247,25 @@ def make_splits(names, seed=SPLIT_SEED):
 
 
 def _decode_one(args):
-    """Worker: (stimulus path, maps dir, name) -> resized arrays, or a warning string."""
+    """Worker: (stimulus path, maps dir, name) -> (name, resized arrays or a reason to skip
+    the image, notes for the user)."""
     path, maps_dir, name = args
     try:
         image = open_rgb(path)
         density = open_grey(Path(maps_dir) / f"{name}_fixMap.jpg")
         open_grey(Path(maps_dir) / f"{name}_fixPts.jpg")  # unreadable points: skip the image now
     except DatasetError as error:
-        return name, str(error)
+        return name, f"{error} The image is skipped.", []
+    notes = []
     if density.shape != (image.height, image.width):
-        warnings.warn(f"{name}: fixation map is {density.shape[::-1]}, image is {image.size}; "
-                      f"the map is resized to the image")
+        notes.append(f"{name}: fixation map is {density.shape[1]}x{density.shape[0]}, the image "
+                     f"{image.width}x{image.height}; the map was resized to the image")
         density = np.asarray(Image.fromarray(density.astype(np.float32), mode="F")
                              .resize(image.size, Image.BILINEAR), dtype=np.float64)
     if density.max() <= 0 or (density / density.max() > FIXATION_THRESHOLD).sum() == 0:
-        return name, f"{name}: fixation map has no fixated pixel; image skipped"
+        return name, f"{name}: fixation map has no fixated pixel; the image is skipped", notes
     scales = [resize_rgb(image, s).numpy() for s in SCALES]
-    return name, (scales, resize_map_uint8(density).numpy())
+    return name, (scales, resize_map_uint8(density).numpy()), notes
 
 
 def _cache_key(data_dir, names, stimuli):
@@ -312,8 +314,10 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
             for result in tqdm(iterator, total=len(jobs), desc=f"caching {Path(data_dir).name}",
                                disable=not progress, unit="img"):
                 results.append(result)
-        kept = [(n, r) for n, r in results if not isinstance(r, str)]
-        skipped = [r for _, r in results if isinstance(r, str)]
+        for note in (note for _, _, notes in results for note in notes):
+            warnings.warn(note)
+        kept = [(n, r) for n, r, _ in results if not isinstance(r, str)]
+        skipped = [r for _, r, _ in results if isinstance(r, str)]
         if not kept:
             raise DatasetError(f"no usable image in {data_dir}: {skipped[:3]}")
         tmp = Path(cache_dir) / f".{key}.tmp{os.getpid()}"
@@ -339,7 +343,7 @@ def read_ground_truth(data_dir, name):
     density = open_grey(maps_dir / f"{name}_fixMap.jpg")
     points = open_grey(maps_dir / f"{name}_fixPts.jpg")
     top = density.max()
-    return points >= 128, density / top if top > 0 else density
+    return points >= max(points.max() / 2, 1e-12), density / top if top > 0 else density
 
 
 def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=True,

@@ -305,6 +305,10 @@ class Trainer:
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.generator = torch.Generator().manual_seed(args.seed)
         self.epoch, self.step, self.best_metric = 0, 0, -math.inf
+        # where the current epoch stands, so that an interrupted epoch resumes exactly
+        self.epoch_progress = {"batch": 0, "sampler_state": None, "loss_sum": 0.0,
+                               "correct": 0.0, "seen": 0}
+        self.stop_requested = False
         self.run_name = args.run_name or time.strftime(
             f"{args.model}_{args.optimizer}_lr{args.learning_rate:g}_bs{args.batch_size}_%Y%m%d-%H%M%S")
         if self.resume_state is not None:
@@ -316,6 +320,7 @@ class Trainer:
             self.run_name = args.run_name or state.get("run_name", self.run_name)
             self.generator.set_state(state["rng_state"]["sampler"])
             restore_rng(state["rng_state"])
+            self.epoch_progress = state.get("epoch_progress", self.epoch_progress)
         self.run_dir = Path(args.checkpoint_dir) / self.run_name
         self.train_scales = [dataset.pad_images(s).to(self.device) for s in self.train_set.scales]
         self.frozen_locations = None
@@ -336,7 +341,8 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
                 "args": {k: v for k, v in vars(self.args).items()},
                 "run_name": self.run_name, "data": self.data_description,
-                "rng_state": {**capture_rng(), "sampler": self.generator.get_state()}}
+                "rng_state": {**capture_rng(), "sampler": self.generator.get_state()},
+                "epoch_progress": dict(self.epoch_progress)}
 
     def save(self, name):
         save_checkpoint(self.state_dict(), self.run_dir / name)
@@ -349,13 +355,16 @@ class Trainer:
         if self.train_set.samples is not None:
             labels = self.train_set.samples[1]
             index, rel = torch.arange(len(labels)), None
-        elif self.frozen_locations is not None and self.args.freeze_locations:
+        elif self.args.freeze_locations:
+            if self.frozen_locations is None:  # from the seed alone, so a resumed run has them
+                self.frozen_locations = dataset.sample_locations(
+                    self.train_set.maps, torch.Generator().manual_seed(self.args.seed),
+                    self.args.fixations_per_image, self.args.non_fixations_per_image)
             index, rel, labels = self.frozen_locations
         else:
             index, rel, labels = dataset.sample_locations(
                 self.train_set.maps, self.generator, self.args.fixations_per_image,
                 self.args.non_fixations_per_image)
-            self.frozen_locations = (index, rel, labels)
         order = torch.randperm(len(labels), generator=self.generator)
         flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
         index_device = "cpu" if rel is None else self.device  # pre-cut crops stay in host memory
@@ -375,14 +384,19 @@ class Trainer:
         if args.optimizer == "sgd":
             for group in self.optimizer.param_groups:
                 group["momentum"] = momentum_at(args, self.epoch)
+        progress_state = self.epoch_progress
+        if progress_state["batch"] == 0:  # a fresh epoch (else: resuming an interrupted one)
+            progress_state["sampler_state"] = self.generator.get_state()
+        else:
+            self.generator.set_state(progress_state["sampler_state"])
         index, rel, labels, flip = self.epoch_samples()
         n_batches = len(labels) // args.batch_size  # drop the ragged last batch
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        seen, logged_loss = 0, float("nan")
-        start = time.perf_counter()
-        bar = tqdm(range(n_batches), desc=f"epoch {self.epoch + 1}/{args.epochs}", leave=False,
-                   disable=not progress, unit="batch")
+        loss_sum = torch.full((), progress_state["loss_sum"], device=self.device)
+        correct = torch.full((), progress_state["correct"], device=self.device)
+        seen, logged_loss = progress_state["seen"], float("nan")
+        seen_before, start = seen, time.perf_counter()
+        bar = tqdm(range(progress_state["batch"], n_batches), desc=f"epoch {self.epoch + 1}/"
+                   f"{args.epochs}", leave=False, disable=not progress, unit="batch")
         for b in bar:
             sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
             crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl])
@@ -397,6 +411,10 @@ class Trainer:
             correct += ((logits.detach() > 0) == (target > 0.5)).sum()
             seen += len(target)
             self.step += 1
+            if self.stop_requested:  # Ctrl-C / SIGTERM: stop between steps, never inside one
+                progress_state.update(batch=b + 1, loss_sum=float(loss_sum),
+                                      correct=float(correct), seen=seen)
+                raise KeyboardInterrupt
             if self.step % args.log_frequency == 0:  # the only host syncs of the loop
                 logged_loss = float(loss.detach())
                 if not math.isfinite(logged_loss):
@@ -415,10 +433,13 @@ class Trainer:
         writer.add_scalar("train/accuracy", accuracy, self.step)
         writer.add_scalar("train/learning_rate", self.optimizer.param_groups[0]["lr"], self.step)
         writer.add_scalar("train/epoch_seconds", elapsed, self.step)
-        writer.add_scalar("train/samples_per_second", seen / elapsed, self.step)
+        rate = (seen - seen_before) / elapsed
+        writer.add_scalar("train/samples_per_second", rate, self.step)
         self.scheduler.step()
+        self.epoch_progress = {"batch": 0, "sampler_state": None, "loss_sum": 0.0,
+                               "correct": 0.0, "seen": 0}
         return {"loss": mean_loss, "accuracy": accuracy, "seconds": elapsed,
-                "samples_per_s": seen / elapsed}
+                "samples_per_s": rate}
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -456,17 +477,22 @@ class Trainer:
         from tqdm import tqdm
         args = self.args
         writer = SummaryWriter(str(Path(args.log_dir) / self.run_name))
-        recorder = FeatureRecorder(self.model.stream(0)) if self.epoch == 0 else None
-        print(f"run {self.run_name}: {args.model} on {self.data_description} "
-              f"({len(self.train_set)} train / {len(self.val_set)} val images), "
-              f"{self.device} {self.precision}; checkpoints in {self.run_dir}")
+        recorder = FeatureRecorder(self.model.stream(0)) if self.step == 0 else None
         last_val = {}
         interrupted = False
 
-        def on_sigterm(signum, frame):
-            raise KeyboardInterrupt
-        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+        def on_stop_signal(signum, frame):
+            if self.stop_requested:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a "
+                  f"checkpoint (press Ctrl-C again to stop at once)", file=sys.stderr)
+        previous_handlers = {s: signal.signal(s, on_stop_signal)
+                             for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            print(f"run {self.run_name}: {args.model} on {self.data_description} "
+                  f"({len(self.train_set)} train / {len(self.val_set)} val images), "
+                  f"{self.device} {self.precision}; checkpoints in {self.run_dir}")
             epochs = tqdm(range(self.epoch, args.epochs), desc="training", unit="epoch",
                           disable=not progress, initial=self.epoch, total=args.epochs)
             for _ in epochs:
@@ -486,6 +512,8 @@ class Trainer:
                 if self.epoch % args.checkpoint_frequency == 0:
                     self.save(f"epoch_{self.epoch}.pth")
                 tqdm.write(line) if progress else print(line)
+                if self.stop_requested:  # the signal came during validation or saving
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             interrupted = True
             path = self.save("interrupted.pth")
@@ -496,7 +524,8 @@ class Trainer:
             raise SystemExit(f"error: {error}. Training stopped; the last good checkpoints in "
                              f"{self.run_dir} are kept. Try a lower --learning-rate.")
         finally:
-            signal.signal(signal.SIGTERM, previous_handler)
+            for s, handler in previous_handlers.items():
+                signal.signal(s, handler)
         if not interrupted:
             self.save("final_model.pth")
             hparams = {k: v for k, v in vars(args).items()

@@ -38,6 +38,8 @@ def _as_float_array(x):
 
 def as_binary_map(fixation_map):
     """Boolean, 0/1 or 0/255 map (array or tensor) -> bool array, True at fixated pixels."""
+    if isinstance(fixation_map, np.ndarray) and fixation_map.dtype == bool:
+        return fixation_map
     fix = _as_float_array(fixation_map)
     top = fix.max() if fix.size else 0.0
     if top <= 0:
@@ -84,18 +86,21 @@ def auc_judd(saliency_map, fixation_map, jitter=None, rng=None):
     if prepared is None:
         return float("nan")
     sal, fix = prepared
+    sorted_values = np.sort(sal, axis=None)
     if jitter is None:
-        jitter = np.unique(sal).size < sal.size
+        jitter = bool((sorted_values[1:] == sorted_values[:-1]).any())
     if jitter:
         rng = np.random.default_rng(0) if rng is None else rng
         sal = sal + rng.random(sal.shape) / 1e7
-    sal = _min_max(sal)
-    if np.isnan(sal).all():
+        sorted_values = np.sort(sal, axis=None)
+    low, high = sorted_values[0], sorted_values[-1]
+    if not high > low:
         return float("nan")
-    values = sal.ravel()
+    values = (sal.ravel() - low) / (high - low)  # min-max, as the reference does
+    sorted_values = (sorted_values - low) / (high - low)  # the same values, still sorted
     thresholds = np.sort(values[fix.ravel()])[::-1]
     n_fix, n_pixels = thresholds.size, values.size
-    above = n_pixels - np.searchsorted(np.sort(values), thresholds, side="left")
+    above = n_pixels - np.searchsorted(sorted_values, thresholds, side="left")
     ranks = np.arange(1, n_fix + 1)
     tp = np.concatenate([[0.0], ranks / n_fix, [1.0]])
     fp = np.concatenate([[0.0], (above - ranks) / (n_pixels - n_fix), [1.0]])
@@ -227,8 +232,11 @@ def coursework_auc(pred, target, n_thresholds=20):
     tgt = _min_max(_as_float_array(target))
     prd = _min_max(resize_map(pred, tgt.shape))
     tgt, prd = np.nan_to_num(tgt), np.nan_to_num(prd)
-    agreement = [((prd > t) == (tgt > t)).mean() for t in np.arange(n_thresholds) / n_thresholds]
-    return float(np.mean(agreement))
+    thresholds = np.arange(n_thresholds) / n_thresholds
+    # A pixel whose maps exceed kp and kt of the thresholds disagrees at |kp - kt| of them.
+    kp = np.searchsorted(thresholds, prd, side="left")
+    kt = np.searchsorted(thresholds, tgt, side="left")
+    return float(1 - np.abs(kp - kt).mean() / n_thresholds)
 
 
 def fixation_points(fixation_map):

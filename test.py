@@ -13,6 +13,8 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
+import os
 import sys
 from pathlib import Path
 
@@ -57,7 +59,8 @@ def parse_args(argv=None):
                              "the checkpoint")
     parser.add_argument("--cache-dir", default=".cache", help="resized-image cache")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random AUC splits")
-    parser.add_argument("-j", "--worker-count", type=int, default=None, help="decode workers")
+    parser.add_argument("-j", "--worker-count", type=int, default=None,
+                        help="processes that decode images and score maps (default: all cores)")
     return parser.parse_args(argv)
 
 
@@ -87,19 +90,41 @@ def load_split(args):
                             ground_truth=True)
 
 
-def score_rows(maps_by_row, data, seed):
-    """{row: list of maps} -> {row: list of per-image metric dicts} on a SaliencySet."""
+_SCORING = None  # (maps by row, SaliencySet, seed): read by forked scoring workers
+
+
+def _score_one(i):
+    maps_by_row, data, seed = _SCORING
+    fixations, density = data.ground_truth(i)
+    other = metrics.shuffled_other_map(i, data.fixations, seed=seed)
+    # scored as the benchmark scores submissions: at the image's size, in [0, 1]
+    return {row: metrics.score_image(full_size(maps[i], None, *fixations.shape), fixations,
+                                     density, other, rng=[seed, i])
+            for row, maps in maps_by_row.items()}
+
+
+def score_rows(maps_by_row, data, seed, workers=None):
+    """{row: list of maps} -> {row: list of per-image metric dicts} on a SaliencySet.
+
+    Images are scored in ``workers`` forked processes (default: one per core); the scores do
+    not depend on the number of workers.
+    """
     from tqdm import tqdm
-    scores = {row: [] for row in maps_by_row}
-    for i in tqdm(range(len(data)), desc="scoring", unit="img", disable=not sys.stderr.isatty()):
-        fixations, density = data.ground_truth(i)
-        other = metrics.shuffled_other_map(i, data.fixations, seed=seed)
-        for row, maps in maps_by_row.items():
-            # scored as the benchmark scores submissions: at the image's size, in [0, 1]
-            saliency = full_size(maps[i], None, *fixations.shape)
-            scores[row].append(metrics.score_image(saliency, fixations, density, other,
-                                                   rng=[seed, i]))
-    return scores
+    global _SCORING
+    # NumPy only in the workers: torch's thread pool does not survive a fork
+    _SCORING = ({row: [np.asarray(m, dtype=np.float32) for m in maps]
+                 for row, maps in maps_by_row.items()}, data, seed)
+    workers = min(workers or os.cpu_count() or 1, len(data))
+    progress = dict(total=len(data), desc="scoring", unit="img", disable=not sys.stderr.isatty())
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                per_image = list(tqdm(pool.imap(_score_one, range(len(data))), **progress))
+        else:
+            per_image = [_score_one(i) for i in tqdm(range(len(data)), **progress)]
+    finally:
+        _SCORING = None
+    return {row: [scores[row] for scores in per_image] for row in maps_by_row}
 
 
 def tune_post_processing(model, args, precision):
@@ -202,7 +227,7 @@ def evaluate(args, state, model, precision, output_dir):
     rng = np.random.default_rng(args.seed)
     rows["chance"] = [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
                       for _ in range(len(data))]
-    scores = score_rows(rows, data, args.seed)
+    scores = score_rows(rows, data, args.seed, args.worker_count)
     table = summarise(scores)
     default_row = "post_processed" if post else "raw"
     summary = {"n_images": len(data), "checkpoint": str(args.checkpoint), "split": args.split,

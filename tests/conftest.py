@@ -18,3 +18,10 @@ def require(path):
     if not Path(path).exists():
         pytest.skip(f"{path} is absent (it ships in ../shared beside the checkout)")
     return Path(path)
+
+
+@pytest.fixture
+def small_synthetic(monkeypatch):
+    """main.py's synthetic fallback shrunk to 24 train / 6 val scenes."""
+    import main
+    monkeypatch.setattr(main, "SYNTHETIC_SIZES", {"train": 24, "val": 6})

@@ -9,11 +9,6 @@ import main
 from conftest import ROOT
 
 
-@pytest.fixture
-def small_synthetic(monkeypatch):
-    monkeypatch.setattr(main, "SYNTHETIC_SIZES", {"train": 24, "val": 6})
-
-
 def make_args(tmp_path, *extra):
     return main.parse_args(["--checkpoint-dir", str(tmp_path / "checkpoint"), "--log-dir",
                             str(tmp_path / "logs"), "--cache-dir", str(tmp_path / "cache"),
