@@ -518,17 +518,27 @@ def load_synthetic(n_images, seed):
 
 
 # ----------------------------------------------------------------------------- sampling
-def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20):
+def fixation_prior(maps):
+    """Where fixations fall across a set of images: float [H, W], the fraction of ``maps``
+    (uint8 [N, H, W]) that are above the fixation threshold at each pixel, plus a floor of
+    1e-3 so that every pixel stays possible."""
+    return (maps > FIXATION_THRESHOLD * 255).float().mean(0) + 1e-3
+
+
+def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative_weights=None):
     """Draw training locations from fixation maps.
 
     maps: uint8 [N, H, W] with the maximum scaled to 255. Per image, ``n_fixation``
     locations where the map (scaled to [0, 1]) is > 0.9 and ``n_non_fixation`` where it is
-    < 0.1, uniformly with replacement. Returns (image index int64 [M], relative location
-    float [M, 2] at the pixel centres, label float [M]); images lacking either kind are
-    skipped.
+    < 0.1, with replacement: uniformly, or, with ``negative_weights`` (float [H, W], e.g.
+    ``fixation_prior`` of the training maps), in proportion to those weights, so that
+    negatives share the positives' centre bias and position alone predicts nothing (what
+    shuffled AUC rewards). Returns (image index int64 [M], relative location float [M, 2] at
+    the pixel centres, label float [M]); images lacking either kind are skipped.
     """
     n_images, height, width = maps.shape
     flat = maps.reshape(n_images, -1)
+    weights = None if negative_weights is None else negative_weights.reshape(-1).float()
     # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties at the thresholds
     index, pixel, label = [], [], []
     for i in range(n_images):
@@ -538,7 +548,11 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20):
             continue
         for candidates, count, value in ((positive, n_fixation, 1.0),
                                          (negative, n_non_fixation, 0.0)):
-            pick = torch.randint(len(candidates), (count,), generator=generator)
+            if value == 0.0 and weights is not None:
+                pick = torch.multinomial(weights[candidates], count, replacement=True,
+                                         generator=generator)
+            else:
+                pick = torch.randint(len(candidates), (count,), generator=generator)
             pixel.append(candidates[pick])
             index.append(torch.full((count,), i, dtype=torch.long))
             label.append(torch.full((count,), value))

@@ -81,6 +81,9 @@ def parse_args(argv=None):
                         help="fixation locations drawn per image and epoch")
     parser.add_argument("--non-fixations-per-image", type=int, default=20,
                         help="non-fixation locations drawn per image and epoch")
+    parser.add_argument("--negatives", default="uniform", choices=("uniform", "centre-matched"),
+                        help="where non-fixation locations are drawn: uniformly, or as often "
+                             "as fixations fall there across the training images")
     parser.add_argument("--freeze-locations", action="store_true",
                         help="draw the training locations once instead of every epoch")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
@@ -324,6 +327,10 @@ class Trainer:
         self.run_dir = Path(args.checkpoint_dir) / self.run_name
         self.train_scales = [dataset.pad_images(s).to(self.device) for s in self.train_set.scales]
         self.frozen_locations = None
+        self.negative_weights = (dataset.fixation_prior(self.train_set.maps)
+                                 if args.negatives == "centre-matched"
+                                 and self.train_set.samples is None
+                                 else None)
         val_generator = torch.Generator().manual_seed(12345)
         self.val_locations = (dataset.sample_locations(self.val_set.maps, val_generator)
                               if len(self.val_set) else None)
@@ -359,12 +366,13 @@ class Trainer:
             if self.frozen_locations is None:  # from the seed alone, so a resumed run has them
                 self.frozen_locations = dataset.sample_locations(
                     self.train_set.maps, torch.Generator().manual_seed(self.args.seed),
-                    self.args.fixations_per_image, self.args.non_fixations_per_image)
+                    self.args.fixations_per_image, self.args.non_fixations_per_image,
+                    self.negative_weights)
             index, rel, labels = self.frozen_locations
         else:
             index, rel, labels = dataset.sample_locations(
                 self.train_set.maps, self.generator, self.args.fixations_per_image,
-                self.args.non_fixations_per_image)
+                self.args.non_fixations_per_image, self.negative_weights)
         order = torch.randperm(len(labels), generator=self.generator)
         flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
         index_device = "cpu" if rel is None else self.device  # pre-cut crops stay in host memory

@@ -59,6 +59,24 @@ def test_sampling_respects_thresholds_and_counts():
     assert (values[label == 1] > 0.9).all() and (values[label == 0] < 0.1).all()
 
 
+def test_centre_matched_negatives_follow_where_fixations_fall_in_other_images():
+    rng = np.random.default_rng(0)
+    maps = torch.zeros(40, 60, 60, dtype=torch.uint8)
+    for i, (v, u) in enumerate(rng.normal(30, 4, size=(40, 2)).round().astype(int)):
+        maps[i, v - 2:v + 3, u - 2:u + 3] = 255  # one centre-biased fixated blob per image
+    prior = dataset.fixation_prior(maps)
+    assert prior.shape == (60, 60) and prior[30, 30] > 10 * prior[0, 0] > 0
+    uniform = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 50)
+    matched = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 50, prior)
+    distance = lambda rel, label: (rel[label == 0] - 0.5).norm(dim=1).mean()
+    positives = (uniform[1][uniform[2] == 1] - 0.5).norm(dim=1).mean()
+    assert distance(*matched[1:]) < 0.5 * distance(*uniform[1:])
+    assert abs(distance(*matched[1:]) - positives) < 0.05  # as central as the fixations
+    pixel = (matched[1] * 60).floor().long()
+    values = maps[matched[0], pixel[:, 0], pixel[:, 1]].float() / 255
+    assert (values[matched[2] == 0] < 0.1).all()  # still never on a fixation of the image
+
+
 def test_split_files_are_disjoint_and_cover_mit1003():
     splits = {s: dataset.read_split(s) for s in ("train", "val", "test")}
     assert {s: len(v) for s, v in splits.items()} == {"train": 803, "val": 100, "test": 100}
