@@ -50,8 +50,9 @@ def parse_args(argv=None):
     parser.add_argument("--output-dir", default="results", help="where results are written")
     parser.add_argument("--inference", default="fcn", choices=MODES, help="dense inference")
     parser.add_argument("--grid-size", type=int, default=50, help="grid of scored locations")
-    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="autocast precision of inference")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast precision of inference; auto: bf16 where the CPU or GPU "
+                             "has it, else fp32")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device")
     parser.add_argument("--save-maps", action="store_true", help="write every map as a PNG")
     parser.add_argument("--tune-post-processing", action="store_true",
