@@ -271,6 +271,11 @@ def train_step(model, optimizer, loss_fn, crops, target, precision, max_norm=0.0
     return logits, loss
 
 
+# Where the current epoch stands (batches done, the sampler's state when it began, running
+# sums), saved in checkpoints so that an interrupted epoch resumes exactly.
+EPOCH_START = {"batch": 0, "sampler_state": None, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
+
+
 class Trainer:
     """Holds the run's state; ``train()`` runs the epochs, ``validate()`` scores the val set."""
 
@@ -308,9 +313,7 @@ class Trainer:
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.generator = torch.Generator().manual_seed(args.seed)
         self.epoch, self.step, self.best_metric = 0, 0, -math.inf
-        # where the current epoch stands, so that an interrupted epoch resumes exactly
-        self.epoch_progress = {"batch": 0, "sampler_state": None, "loss_sum": 0.0,
-                               "correct": 0.0, "seen": 0}
+        self.epoch_progress = dict(EPOCH_START)
         self.stop_requested = False
         self.run_name = args.run_name or time.strftime(
             f"{args.model}_{args.optimizer}_lr{args.learning_rate:g}_bs{args.batch_size}_%Y%m%d-%H%M%S")
@@ -444,8 +447,7 @@ class Trainer:
         rate = (seen - seen_before) / elapsed
         writer.add_scalar("train/samples_per_second", rate, self.step)
         self.scheduler.step()
-        self.epoch_progress = {"batch": 0, "sampler_state": None, "loss_sum": 0.0,
-                               "correct": 0.0, "seen": 0}
+        self.epoch_progress = dict(EPOCH_START)
         return {"loss": mean_loss, "accuracy": accuracy, "seconds": elapsed,
                 "samples_per_s": rate}
 
