@@ -51,10 +51,13 @@ def matmul_gflops(dtype, device, repeats, n=2048):
     return 2 * n ** 3 / seconds / 1e9
 
 
-def training_samples_per_s(name, batch_size, precision, device, scales, steps, repeats):
+def training_samples_per_s(name, batch_size, precision, device, scales, steps, repeats,
+                           compile_model=False):
     torch.manual_seed(0)
     model = build_model(name).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if compile_model:
+        model = torch.compile(model)  # compiled during the warm-up run, not timed
     loss_fn = nn.BCEWithLogitsLoss()
     padded = [dataset.pad_images(s).to(device) for s in scales]
     generator = torch.Generator().manual_seed(0)
@@ -159,6 +162,15 @@ def main(argv=None):
                              f"{rate:.0f} samples/s ({100 * fraction:.0f}% of matmul)"))
     results["train_samples_per_s"] = \
         results["training"][f"MrCNN_bs256_{default_precision}"]["samples_per_s"]
+    try:
+        rate = training_samples_per_s("MrCNN", 256, default_precision, device, train_scenes,
+                                      steps, repeats, compile_model=True)
+        results["training"][f"MrCNN_bs256_{default_precision}_compiled"] = {"samples_per_s": rate}
+        rows.append((f"train MrCNN batch 256 {default_precision} torch.compile",
+                     f"{rate:.0f} samples/s"))
+    except Exception as error:  # noqa: BLE001 - no compiler, unsupported backend: report it
+        rows.append((f"train MrCNN batch 256 {default_precision} torch.compile",
+                     f"failed ({type(error).__name__})"))
 
     rng = np.random.default_rng(0)
     image, points, density = dataset.synthetic_image(rng, height=768, width=1024)

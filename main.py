@@ -87,6 +87,9 @@ def parse_args(argv=None):
     parser.add_argument("--freeze-locations", action="store_true",
                         help="draw the training locations once instead of every epoch")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model for training; falls back to eager mode "
+                             "if compiling fails (slower than eager on a 2-core CPU, see README)")
     parser.add_argument("--inference", default="fcn", choices=("fcn", "crops"),
                         help="dense-inference mode for validation")
     parser.add_argument("--val-images", type=int, default=0,
@@ -311,6 +314,7 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer, self.scheduler = make_optimizer(args, self.model)
         self.loss_fn = nn.BCEWithLogitsLoss()
+        self.compiled_model = torch.compile(self.model) if args.compile else None
         self.generator = torch.Generator().manual_seed(args.seed)
         self.epoch, self.step, self.best_metric = 0, 0, -math.inf
         self.epoch_progress = dict(EPOCH_START)
@@ -412,8 +416,20 @@ class Trainer:
             sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
             crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl])
             target = labels[sl]
-            logits, loss = train_step(model, self.optimizer, self.loss_fn, crops, target,
-                                      self.precision, args.max_norm)
+            # the first step runs eagerly: the feature recorder's hooks watch it
+            step_model = model if self.compiled_model is None or recorder else self.compiled_model
+            try:
+                logits, loss = train_step(step_model, self.optimizer, self.loss_fn, crops,
+                                          target, self.precision, args.max_norm)
+            except Exception as error:  # noqa: BLE001 - any compiler failure: go on eagerly
+                if step_model is model:
+                    raise
+                print(f"warning: torch.compile failed ({type(error).__name__}: "
+                      f"{str(error).strip()[:200]}); training goes on without --compile",
+                      file=sys.stderr)
+                self.compiled_model = None
+                logits, loss = train_step(model, self.optimizer, self.loss_fn, crops, target,
+                                          self.precision, args.max_norm)
             if recorder is not None:
                 recorder.remove()
                 save_feature_maps(model, recorder, writer, self.run_dir / "features", self.step)

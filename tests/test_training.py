@@ -91,3 +91,18 @@ def test_a_nan_loss_stops_the_run_with_a_message_and_keeps_earlier_checkpoints(t
     with pytest.raises(SystemExit, match="loss became nan"):
         trainer.train(progress=False)
     assert not (tmp_path / "checkpoint" / "run" / "final_model.pth").exists()
+
+
+def test_a_failing_torch_compile_falls_back_to_eager_training(tmp_path, small_synthetic,
+                                                              monkeypatch, capsys):
+    def broken_compile(model):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+    monkeypatch.setattr(main.torch, "compile", broken_compile)
+    trainer = main.Trainer(make_args(tmp_path, "--epochs", "1", "--batch-size", "64",
+                                     "--compile"))
+    result, interrupted = trainer.train(progress=False)
+    assert not interrupted and trainer.step == 11 and trainer.compiled_model is None
+    assert "torch.compile failed (RuntimeError: no C++ compiler found)" in capsys.readouterr().err
+    assert 0 <= result["auc_judd"] <= 1
