@@ -1,0 +1,77 @@
+"""Val-split checks of cheap ways to raise sAUC without retraining (RESULTS.md quotes them).
+
+    python docs/val_experiments.py --data-dir ../shared/data/MIT1003
+
+For the shipped MrCNN and MrCNNs, raw maps (fcn, bf16) scored as test.py scores them:
+the 50x50 grid, flip test-time augmentation, a 100x100 grid, monotone transforms of the
+map (shuffled AUC thresholds the min-max scaled map in steps of 0.1, so it is not rank
+invariant), and the average of the two models.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import dataset  # noqa: E402
+import metrics  # noqa: E402
+from checkpoints import load_checkpoint, model_from_checkpoint  # noqa: E402
+from inference import saliency_grid  # noqa: E402
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoint" / "pretrained"
+
+
+def score(maps, data):
+    """Mean AUC-Judd and shuffled AUC of grid maps on a SaliencySet (seeds as in test.py)."""
+    judd, shuffled = [], []
+    for i, grid_map in enumerate(maps):
+        fixations = data.fixations[i]
+        saliency = metrics.resize_map(grid_map, fixations.shape)
+        other = metrics.shuffled_other_map(i, data.fixations, seed=0)
+        judd.append(metrics.auc_judd(saliency, fixations))
+        shuffled.append(metrics.auc_shuffled(saliency, fixations, other, rng=[0, i]))
+    return float(np.nanmean(judd)), float(np.nanmean(shuffled))
+
+
+def dense_maps(model, data, grid_size=50, flip=False):
+    """Grid maps of every image; with ``flip``, averaged with the map of the mirrored image."""
+    maps = []
+    for start in range(0, len(data), 8):
+        scales = [s[start:start + 8] for s in data.scales]
+        batch = saliency_grid(model, scales, "fcn", grid_size, precision="bf16")
+        if flip:
+            mirrored = saliency_grid(model, [s.flip(-1) for s in scales], "fcn", grid_size,
+                                     precision="bf16")
+            batch = 0.5 * (batch + mirrored.flip(-1))
+        maps.extend(batch)
+    return maps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default="data/MIT1003")
+    parser.add_argument("--split", default="val", choices=("val", "test"))
+    args = parser.parse_args()
+    data = dataset.load_mit(args.data_dir, args.split, ground_truth=True)
+    transforms = {"sqrt": torch.sqrt,
+                  "logit": lambda p: torch.logit(p.double().clamp(1e-12, 1 - 1e-12)).float()}
+    plain = {}
+    for name in ("MrCNN", "MrCNNs"):
+        path = PRETRAINED / f"{name}.pth"
+        model = model_from_checkpoint(load_checkpoint(path), path).eval()
+        plain[name] = dense_maps(model, data)
+        rows = {"50x50": plain[name], "50x50 + flip": dense_maps(model, data, flip=True),
+                "100x100": dense_maps(model, data, grid_size=100)}
+        rows.update({f"50x50, {label}": [f(m) for m in plain[name]]
+                     for label, f in transforms.items()})
+        for label, maps in rows.items():
+            print(f"{args.split} {name} {label}: AUC-Judd %.4f sAUC %.4f" % score(maps, data),
+                  flush=True)
+    mean = [0.5 * (a + b) for a, b in zip(plain["MrCNN"], plain["MrCNNs"])]
+    print(f"{args.split} MrCNN + MrCNNs average: AUC-Judd %.4f sAUC %.4f" % score(mean, data))
+
+
+if __name__ == "__main__":
+    main()
