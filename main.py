@@ -529,9 +529,11 @@ class Trainer:
                         f"{result['accuracy']:.3f} {result['seconds']:.1f}s "
                         f"({result['samples_per_s']:.0f} samples/s)")
                 if self.epoch % args.val_frequency == 0 or self.epoch == args.epochs:
+                    val_start = time.perf_counter()
                     last_val = self.validate(writer, progress)
                     line += (f" | val loss {last_val['loss']:.4f} AUC-Judd "
-                             f"{last_val['auc_judd']:.4f} sAUC {last_val['auc_shuffled']:.4f}")
+                             f"{last_val['auc_judd']:.4f} sAUC {last_val['auc_shuffled']:.4f} "
+                             f"{time.perf_counter() - val_start:.1f}s")
                     if last_val["auc_shuffled"] > self.best_metric:
                         self.best_metric = last_val["auc_shuffled"]
                         self.save("best.pth")
