@@ -8,7 +8,9 @@ Two modes, which agree (tests/test_inference.py):
   apply the stream's FC layer as a 3x3 convolution (stride 8 in image pixels), sample that
   feature map at the grid locations, and apply the fusion layers as 1x1 convolutions. At the
   400x400 scale the 50x50 grid falls exactly on the stride-8 lattice, so those features are
-  exact; at 250 and 150 the features are bilinearly interpolated between lattice points.
+  exact; at 250 and 150 the features are computed on a finer lattice (step 4 pixels by
+  default: the last max-pool at stride 1 and the FC layer dilated) and bilinearly
+  interpolated between its points.
 """
 import math
 
@@ -133,9 +135,10 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
 
     model: MrCNN or MrCNNs (put in eval mode here); scales: list of three uint8 tensors
     [N, 3, S, S] for S in (400, 250, 150); mode: 'fcn' or 'crops'; precision: 'fp32', 'bf16'
-    or 'fp16' (autocast); phases: 'fcn' runs per axis at the scales whose grid misses the
-    stride-8 lattice (see ``_stream_feature_map``). Returns float32 fixation probabilities [N, grid_size, grid_size] on
-    the CPU, row-major over relative locations ((i + 0.5) / grid_size).
+    or 'fp16' (autocast); phases: 'fcn' computes features on a lattice of step 8 / phases
+    pixels at the scales whose grid misses the stride-8 lattice (see
+    ``_stream_feature_map``). Returns float32 fixation probabilities [N, grid_size,
+    grid_size] on the CPU, row-major over relative locations ((i + 0.5) / grid_size).
     """
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
