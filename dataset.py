@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from metrics import as_binary_map
 from MrCNN import CROP_SIZE
 
 SCALES = (400, 250, 150)
@@ -343,7 +344,7 @@ def read_ground_truth(data_dir, name):
     density = open_grey(maps_dir / f"{name}_fixMap.jpg")
     points = open_grey(maps_dir / f"{name}_fixPts.jpg")
     top = density.max()
-    return points >= max(points.max() / 2, 1e-12), density / top if top > 0 else density
+    return as_binary_map(points), density / top if top > 0 else density
 
 
 def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=True,

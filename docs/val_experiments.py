@@ -9,6 +9,7 @@ invariant), and the average of the two models.
 """
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataset  # noqa: E402
 import metrics  # noqa: E402
 from checkpoints import load_checkpoint, model_from_checkpoint  # noqa: E402
-from inference import saliency_grid  # noqa: E402
+from inference import predict_maps  # noqa: E402
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoint" / "pretrained"
 
@@ -37,15 +38,11 @@ def score(maps, data):
 
 def dense_maps(model, data, grid_size=50, flip=False):
     """Grid maps of every image; with ``flip``, averaged with the map of the mirrored image."""
-    maps = []
-    for start in range(0, len(data), 8):
-        scales = [s[start:start + 8] for s in data.scales]
-        batch = saliency_grid(model, scales, "fcn", grid_size, precision="bf16")
-        if flip:
-            mirrored = saliency_grid(model, [s.flip(-1) for s in scales], "fcn", grid_size,
-                                     precision="bf16")
-            batch = 0.5 * (batch + mirrored.flip(-1))
-        maps.extend(batch)
+    maps = predict_maps(model, data, "fcn", "bf16", grid_size)
+    if flip:
+        mirrored = replace(data, scales=[s.flip(-1) for s in data.scales])
+        maps = [0.5 * (m + r.flip(-1))
+                for m, r in zip(maps, predict_maps(model, mirrored, "fcn", "bf16", grid_size))]
     return maps
 
 
