@@ -526,40 +526,63 @@ def fixation_prior(maps):
     return (maps > FIXATION_THRESHOLD * 255).float().mean(0) + 1e-3
 
 
-def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative_weights=None):
+def fixation_point_locations(fixations):
+    """Relative locations of the recorded human fixations: bool [H, W] point maps (one per
+    image, any size; None where unknown) -> list of float [K, 2] (row, column) in [0, 1) at
+    the pixel centres. Raises DatasetError if an image has no fixation points."""
+    if not fixations:
+        raise DatasetError("these images have no fixation points: use --positives map-peak")
+    locations = []
+    for points in fixations:
+        if points is None:
+            raise DatasetError("these images have no fixation points: use --positives map-peak")
+        points = torch.as_tensor(np.asarray(points))
+        height, width = points.shape
+        rows, cols = torch.nonzero(points, as_tuple=True)
+        locations.append(torch.stack([(rows + 0.5) / height, (cols + 0.5) / width], 1).float())
+    return locations
+
+
+def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative_weights=None,
+                     positive_locations=None):
     """Draw training locations from fixation maps.
 
     maps: uint8 [N, H, W] with the maximum scaled to 255. Per image, ``n_fixation``
-    locations where the map (scaled to [0, 1]) is > 0.9 and ``n_non_fixation`` where it is
-    < 0.1, with replacement: uniformly, or, with ``negative_weights`` (float [H, W], e.g.
-    ``fixation_prior`` of the training maps), in proportion to those weights, so that
-    negatives share the positives' centre bias and position alone predicts nothing (what
-    shuffled AUC rewards). Returns (image index int64 [M], relative location float [M, 2] at
-    the pixel centres, label float [M]); images lacking either kind are skipped.
+    locations where the map (scaled to [0, 1]) is > 0.9, or, with ``positive_locations``
+    (``fixation_point_locations``: float [K_i, 2] per image), among the recorded human
+    fixations; and ``n_non_fixation`` where the map is < 0.1; all with replacement. Negatives
+    are drawn uniformly, or, with ``negative_weights`` (float [H, W], e.g. ``fixation_prior``
+    of the training maps), in proportion to those weights, so that negatives share the
+    positives' centre bias and position alone predicts nothing (what shuffled AUC rewards).
+    Returns (image index int64 [M], relative location float [M, 2] at the pixel centres,
+    label float [M]); images lacking either kind are skipped.
     """
     n_images, height, width = maps.shape
     flat = maps.reshape(n_images, -1)
     weights = None if negative_weights is None else negative_weights.reshape(-1).float()
+    to_relative = lambda pixel: torch.stack([(pixel // width + 0.5) / height,
+                                             (pixel % width + 0.5) / width], 1).float()
     # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties at the thresholds
-    index, pixel, label = [], [], []
+    index, rel, label = [], [], []
     for i in range(n_images):
-        positive = torch.nonzero(flat[i] > FIXATION_THRESHOLD * 255).squeeze(1)
         negative = torch.nonzero(flat[i] < NON_FIXATION_THRESHOLD * 255).squeeze(1)
+        if positive_locations is None:
+            positive = torch.nonzero(flat[i] > FIXATION_THRESHOLD * 255).squeeze(1)
+        else:
+            positive = positive_locations[i]
         if len(positive) == 0 or len(negative) == 0:
             continue
-        for candidates, count, value in ((positive, n_fixation, 1.0),
-                                         (negative, n_non_fixation, 0.0)):
-            if value == 0.0 and weights is not None:
-                pick = torch.multinomial(weights[candidates], count, replacement=True,
-                                         generator=generator)
-            else:
-                pick = torch.randint(len(candidates), (count,), generator=generator)
-            pixel.append(candidates[pick])
-            index.append(torch.full((count,), i, dtype=torch.long))
-            label.append(torch.full((count,), value))
-    pixel = torch.cat(pixel)
-    rel = torch.stack([(pixel // width + 0.5) / height, (pixel % width + 0.5) / width], 1)
-    return torch.cat(index), rel.float(), torch.cat(label)
+        pick = torch.randint(len(positive), (n_fixation,), generator=generator)
+        rel.append(to_relative(positive[pick]) if positive_locations is None else positive[pick])
+        if weights is not None:
+            pick = torch.multinomial(weights[negative], n_non_fixation, replacement=True,
+                                     generator=generator)
+        else:
+            pick = torch.randint(len(negative), (n_non_fixation,), generator=generator)
+        rel.append(to_relative(negative[pick]))
+        index.append(torch.full((n_fixation + n_non_fixation,), i, dtype=torch.long))
+        label += [torch.ones(n_fixation), torch.zeros(n_non_fixation)]
+    return torch.cat(index), torch.cat(rel), torch.cat(label)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -84,6 +84,9 @@ def parse_args(argv=None):
     parser.add_argument("--negatives", default="uniform", choices=("uniform", "centre-matched"),
                         help="where non-fixation locations are drawn: uniformly, or as often "
                              "as fixations fall there across the training images")
+    parser.add_argument("--positives", default="map-peak", choices=("map-peak", "fixation-points"),
+                        help="where fixation locations are drawn: where the fixation map is "
+                             "above 0.9 of its maximum, or among the recorded human fixations")
     parser.add_argument("--freeze-locations", action="store_true",
                         help="draw the training locations once instead of every epoch")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
@@ -151,7 +154,8 @@ def load_data(args):
     if dataset.is_coursework_dir(data_dir):
         return (dataset.load_coursework(data_dir, "train"),
                 dataset.load_coursework(data_dir, "val"), f"coursework files in {data_dir}")
-    train = dataset.load_mit(data_dir, "train", args.cache_dir, args.worker_count)
+    train = dataset.load_mit(data_dir, "train", args.cache_dir, args.worker_count,
+                             ground_truth=args.positives == "fixation-points")
     val = dataset.load_mit(data_dir, "val", args.cache_dir, args.worker_count)
     return train, val, f"MIT1003 at {data_dir}"
 
@@ -338,6 +342,10 @@ class Trainer:
                                  if args.negatives == "centre-matched"
                                  and self.train_set.samples is None
                                  else None)
+        self.positive_locations = (dataset.fixation_point_locations(self.train_set.fixations)
+                                   if args.positives == "fixation-points"
+                                   and self.train_set.samples is None
+                                   else None)
         val_generator = torch.Generator().manual_seed(12345)
         self.val_locations = (dataset.sample_locations(self.val_set.maps, val_generator)
                               if len(self.val_set) else None)
@@ -374,12 +382,13 @@ class Trainer:
                 self.frozen_locations = dataset.sample_locations(
                     self.train_set.maps, torch.Generator().manual_seed(self.args.seed),
                     self.args.fixations_per_image, self.args.non_fixations_per_image,
-                    self.negative_weights)
+                    self.negative_weights, self.positive_locations)
             index, rel, labels = self.frozen_locations
         else:
             index, rel, labels = dataset.sample_locations(
                 self.train_set.maps, self.generator, self.args.fixations_per_image,
-                self.args.non_fixations_per_image, self.negative_weights)
+                self.args.non_fixations_per_image, self.negative_weights,
+                self.positive_locations)
         order = torch.randperm(len(labels), generator=self.generator)
         flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
         index_device = "cpu" if rel is None else self.device  # pre-cut crops stay in host memory

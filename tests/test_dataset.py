@@ -77,6 +77,28 @@ def test_centre_matched_negatives_follow_where_fixations_fall_in_other_images():
     assert (values[matched[2] == 0] < 0.1).all()  # still never on a fixation of the image
 
 
+def test_fixation_point_positives_are_the_recorded_fixations_at_any_image_size():
+    maps = torch.zeros(2, 40, 40, dtype=torch.uint8)
+    maps[:, 10:20, 10:20] = 255        # the map's peak: never drawn as a positive below
+    points = [np.zeros((30, 60), bool), np.zeros((80, 20), bool)]
+    points[0][3, 50] = points[0][27, 1] = True
+    points[1][70, 5] = True
+    locations = dataset.fixation_point_locations(points)
+    np.testing.assert_allclose(locations[0].numpy(), [[3.5 / 30, 50.5 / 60], [27.5 / 30, 1.5 / 60]])
+    np.testing.assert_allclose(locations[1].numpy(), [[70.5 / 80, 5.5 / 20]])
+    index, rel, label = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 20,
+                                                 positive_locations=locations)
+    for i in (0, 1):
+        drawn = {tuple(r) for r in rel[(index == i) & (label == 1)].tolist()}
+        assert (label[index == i] == 1).sum() == 10
+        assert drawn <= {tuple(r) for r in locations[i].tolist()}
+    assert len({tuple(r) for r in rel[(index == 0) & (label == 1)].tolist()}) == 2  # both used
+    pixel = (rel * 40).floor().long()
+    assert (maps[index, pixel[:, 0], pixel[:, 1]][label == 0] < 26).all()
+    with pytest.raises(dataset.DatasetError, match="--positives map-peak"):
+        dataset.fixation_point_locations([])
+
+
 def test_split_files_are_disjoint_and_cover_mit1003():
     splits = {s: dataset.read_split(s) for s in ("train", "val", "test")}
     assert {s: len(v) for s, v in splits.items()} == {"train": 803, "val": 100, "test": 100}

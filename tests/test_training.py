@@ -44,6 +44,15 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
         assert torch.equal(a, b), name
 
 
+def test_fixation_point_positives_reach_the_training_batches(tmp_path, small_synthetic):
+    trainer = main.Trainer(make_args(tmp_path, "--positives", "fixation-points"))
+    index, rel, labels, _ = trainer.epoch_samples()
+    for i, (v, u) in zip(index[labels == 1].tolist(), rel[labels == 1].tolist()):
+        points = trainer.train_set.fixations[i]
+        height, width = points.shape
+        assert points[int(v * height), int(u * width)]  # a recorded fixation of that image
+
+
 def run_main(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
