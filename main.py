@@ -261,18 +261,25 @@ def clip_conv1(model, max_norm):
             w.mul_((max_norm / norms).clamp(max=1.0).view(-1, 1, 1, 1))
 
 
-def train_step(model, optimizer, loss_fn, crops, target, precision, max_norm=0.0):
+def train_step(model, optimizer, loss_fn, crops, target, precision, max_norm=0.0, scaler=None):
     """One optimisation step on a batch; returns (logits, loss) as device tensors (no sync).
 
     crops: float [B, 3, 3, 42, 42] in [0, 1]; target: float [B] of 0/1; precision: autocast
-    'fp32', 'bf16' or 'fp16' (the loss is computed in fp32).
+    'fp32', 'bf16' or 'fp16' (the loss is computed in fp32). scaler: a torch.amp.GradScaler
+    for fp16 (its small gradients would underflow unscaled; a step whose gradients overflow is
+    skipped), or None.
     """
     with autocast_context(crops.device, precision):
         logits = model(crops)
     loss = loss_fn(logits.float(), target)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     if max_norm > 0:
         clip_conv1(model, max_norm)
     return logits, loss
@@ -317,6 +324,8 @@ class Trainer:
             self.model.input_std.copy_(std)
         self.model.to(self.device)
         self.optimizer, self.scheduler = make_optimizer(args, self.model)
+        self.scaler = (torch.amp.GradScaler(self.device.type) if self.precision == "fp16"
+                       else None)
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.compiled_model = torch.compile(self.model) if args.compile else None
         self.generator = torch.Generator().manual_seed(args.seed)
@@ -329,6 +338,8 @@ class Trainer:
             state = self.resume_state
             self.optimizer.load_state_dict(state["optimizer_state"])
             self.scheduler.load_state_dict(state["scheduler_state"])
+            if self.scaler is not None and state.get("scaler_state"):
+                self.scaler.load_state_dict(state["scaler_state"])
             self.epoch, self.step = state["epoch"], state["step"]
             self.best_metric = state["best_metric"]
             self.run_name = args.run_name or state.get("run_name", self.run_name)
@@ -360,6 +371,7 @@ class Trainer:
                 "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
                 "optimizer_state": self.optimizer.state_dict(),
                 "scheduler_state": self.scheduler.state_dict(),
+                "scaler_state": None if self.scaler is None else self.scaler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
                 "args": {k: v for k, v in vars(self.args).items()},
                 "run_name": self.run_name, "data": self.data_description,
@@ -429,7 +441,7 @@ class Trainer:
             step_model = model if self.compiled_model is None or recorder else self.compiled_model
             try:
                 logits, loss = train_step(step_model, self.optimizer, self.loss_fn, crops,
-                                          target, self.precision, args.max_norm)
+                                          target, self.precision, args.max_norm, self.scaler)
             except Exception as error:  # noqa: BLE001 - any compiler failure: go on eagerly
                 if step_model is model:
                     raise
@@ -438,7 +450,7 @@ class Trainer:
                       file=sys.stderr)
                 self.compiled_model = None
                 logits, loss = train_step(model, self.optimizer, self.loss_fn, crops, target,
-                                          self.precision, args.max_norm)
+                                          self.precision, args.max_norm, self.scaler)
             if recorder is not None:
                 recorder.remove()
                 save_feature_maps(model, recorder, writer, self.run_dir / "features", self.step)

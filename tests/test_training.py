@@ -53,6 +53,29 @@ def test_fixation_point_positives_reach_the_training_batches(tmp_path, small_syn
         assert points[int(v * height), int(u * width)]  # a recorded fixation of that image
 
 
+def test_fp16_steps_use_a_grad_scaler_that_skips_overflowing_steps(tmp_path, small_synthetic):
+    from MrCNN import MrCNN
+    torch.manual_seed(0)
+    model = MrCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    crops, target = torch.rand(4, 3, 3, 42, 42), torch.tensor([1.0, 0.0, 1.0, 0.0])
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 100)  # scaled loss overflows fp32
+    main.train_step(model, optimizer, torch.nn.BCEWithLogitsLoss(), crops, target, "fp16",
+                    scaler=scaler)
+    assert scaler.get_scale() == 2.0 ** 99  # overflow seen: the scale backs off ...
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # ... no step
+    scaler = torch.amp.GradScaler("cpu")
+    main.train_step(model, optimizer, torch.nn.BCEWithLogitsLoss(), crops, target, "fp16",
+                    scaler=scaler)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    trainer = main.Trainer(make_args(tmp_path, "--precision", "fp16"))
+    assert trainer.scaler is not None and trainer.state_dict()["scaler_state"]["scale"] > 0
+    assert main.Trainer(make_args(tmp_path, "--precision", "bf16")).scaler is None
+
+
 def run_main(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
