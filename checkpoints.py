@@ -4,7 +4,9 @@ A checkpoint is a dict of tensors and primitives only (so ``torch.load(weights_o
 reads it): ``model`` (name), ``model_state``, ``model_options`` (dropout, batch_norm),
 ``normalisation`` ({'mean': [3], 'std': [3]}), ``args`` (the command-line arguments as a dict),
 ``epoch``, ``step``, ``best_metric``, and for resuming ``optimizer_state``,
-``scheduler_state`` and ``rng_state``; shipped models may add ``post_processing``.
+``scheduler_state``, ``scaler_state`` (fp16), ``rng_state`` and, with --ema-decay,
+``train_model_state`` (the raw weights; ``model_state`` then holds their moving average);
+shipped models may add ``post_processing``.
 """
 import os
 from pathlib import Path

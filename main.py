@@ -10,6 +10,7 @@ AUC-Judd and shuffled AUC of dense maps, logs to TensorBoard and writes checkpoi
 checkpoint/<run>/.
 """
 import argparse
+import copy
 import math
 import os
 import random
@@ -73,6 +74,9 @@ def parse_args(argv=None):
     parser.add_argument("--final-momentum", type=float, default=0.99,
                         help="SGD momentum at the last epoch (linear schedule)")
     parser.add_argument("--weight-decay", type=float, default=2e-4, help="weight decay")
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="validate and save an exponential moving average of the weights "
+                             "with this decay per step (e.g. 0.998); 0: off")
     parser.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
                         help="learning-rate schedule over the epochs")
     parser.add_argument("--max-norm", type=float, default=0.0, help="clip the L2 norm of "
@@ -323,6 +327,11 @@ class Trainer:
             self.model.input_mean.copy_(mean)
             self.model.input_std.copy_(std)
         self.model.to(self.device)
+        self.ema_model = None
+        if args.ema_decay > 0:
+            self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            if self.resume_state is not None and "train_model_state" in self.resume_state:
+                self.model.load_state_dict(self.resume_state["train_model_state"])
         self.optimizer, self.scheduler = make_optimizer(args, self.model)
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.precision == "fp16"
                        else None)
@@ -364,8 +373,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
+        """Everything a resume needs; ``model_state`` holds the weights that validation scored
+        (the moving average with --ema-decay, whose raw weights go in ``train_model_state``)."""
         mean, std = self.model.input_mean.cpu(), self.model.input_std.cpu()
-        return {"model": self.args.model, "model_state": self.model.state_dict(),
+        extra = {} if self.ema_model is None else {"train_model_state": self.model.state_dict()}
+        return {"model": self.args.model, "model_state": self.evaluated_model.state_dict(),
+                **extra,
                 "model_options": {"dropout": self.args.dropout,
                                   "batch_norm": self.args.batch_norm},
                 "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
@@ -377,6 +390,20 @@ class Trainer:
                 "run_name": self.run_name, "data": self.data_description,
                 "rng_state": {**capture_rng(), "sampler": self.generator.get_state()},
                 "epoch_progress": dict(self.epoch_progress)}
+
+    @property
+    def evaluated_model(self):
+        """The model that validation scores and checkpoints ship: the EMA one, if any."""
+        return self.model if self.ema_model is None else self.ema_model
+
+    @torch.no_grad()
+    def update_ema(self):
+        """Move the EMA weights towards the current ones (a shorter average while young)."""
+        decay = min(self.args.ema_decay, (1 + self.step) / (10 + self.step))
+        ema = list(self.ema_model.parameters())
+        torch._foreach_lerp_(ema, list(self.model.parameters()), 1 - decay)
+        for ema_buffer, buffer in zip(self.ema_model.buffers(), self.model.buffers()):
+            ema_buffer.copy_(buffer)
 
     def save(self, name):
         save_checkpoint(self.state_dict(), self.run_dir / name)
@@ -455,6 +482,8 @@ class Trainer:
                 recorder.remove()
                 save_feature_maps(model, recorder, writer, self.run_dir / "features", self.step)
                 recorder = None
+            if self.ema_model is not None:
+                self.update_ema()
             loss_sum += loss.detach() * len(target)
             correct += ((logits.detach() > 0) == (target > 0.5)).sum()
             seen += len(target)
@@ -492,7 +521,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self, writer=None, progress=True):
         """Val loss on fixed val locations, and AUC-Judd / shuffled AUC of dense maps."""
-        model = self.model
+        model = self.evaluated_model
         model.eval()
         index, rel, labels = self.val_locations
         total = 0.0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import main
+from checkpoints import load_checkpoint
 from conftest import ROOT
 
 
@@ -74,6 +75,35 @@ def test_fp16_steps_use_a_grad_scaler_that_skips_overflowing_steps(tmp_path, sma
     trainer = main.Trainer(make_args(tmp_path, "--precision", "fp16"))
     assert trainer.scaler is not None and trainer.state_dict()["scaler_state"]["scale"] > 0
     assert main.Trainer(make_args(tmp_path, "--precision", "bf16")).scaler is None
+
+
+def test_ema_weights_are_validated_saved_and_resumed(tmp_path, small_synthetic):
+    flags = ("--epochs", "1", "--batch-size", "64", "--ema-decay", "0.9")
+    trainer = main.Trainer(make_args(tmp_path, *flags))
+    ema = [p.detach().clone() for p in trainer.ema_model.parameters()]
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    trainer.step = 1000  # past the warm-up: the full decay applies
+    trainer.update_ema()
+    for before, after in zip(ema, trainer.ema_model.parameters()):
+        torch.testing.assert_close(after, before + 0.1)  # (1 - 0.9) of the way
+
+    trainer = main.Trainer(make_args(tmp_path, *flags))
+    trainer.train(progress=False)
+    assert trainer.evaluated_model is trainer.ema_model
+    state = load_checkpoint(tmp_path / "checkpoint" / "run" / "final_model.pth")
+    for name, value in trainer.ema_model.state_dict().items():
+        assert torch.equal(state["model_state"][name], value), name
+        assert torch.equal(state["train_model_state"][name], trainer.model.state_dict()[name])
+    assert not torch.equal(state["model_state"]["fusion.out.weight"],
+                           state["train_model_state"]["fusion.out.weight"])
+    resumed = main.Trainer(make_args(tmp_path, *flags, "--resume",
+                                     str(tmp_path / "checkpoint" / "run" / "final_model.pth")))
+    for a, b in zip(resumed.model.parameters(), trainer.model.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(resumed.ema_model.parameters(), trainer.ema_model.parameters()):
+        assert torch.equal(a, b)
 
 
 def run_main(tmp_path, *args):
