@@ -60,6 +60,9 @@ def parse_args(argv=None):
                         "optimiser, lr, batch size and time)")
     parser.add_argument("--resume", default=None, metavar="PATH",
                         help="continue the run saved in this checkpoint")
+    parser.add_argument("--init-from", default=None, metavar="PATH",
+                        help="start a new run from this checkpoint's weights and input "
+                             "normalisation (fine-tuning: fresh optimiser, epoch 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: cuda if available")
@@ -119,6 +122,11 @@ def check_args(args):
         problems.append(f"--batch-size must be at least 1 (got {args.batch_size})")
     if not 0 <= args.dropout < 1:
         problems.append(f"--dropout must be in [0, 1) (got {args.dropout})")
+    if not 0 <= args.ema_decay < 1:
+        problems.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
+    if args.resume and args.init_from:
+        problems.append("--resume and --init-from exclude each other: --resume continues a "
+                        "run, --init-from starts a new one from its weights")
     for flag in ("val_frequency", "checkpoint_frequency", "log_frequency"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be at least 1")
@@ -304,9 +312,10 @@ class Trainer:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
         random.seed(args.seed)
-        self.resume_state = None
-        if args.resume:
-            self.resume_state = load_checkpoint(args.resume)
+        self.resume_state = load_checkpoint(args.resume) if args.resume else None
+        weights_from = args.resume or args.init_from
+        weights_state = self.resume_state or (load_checkpoint(args.init_from)
+                                              if args.init_from else None)
         self.train_set, self.val_set, self.data_description = load_data(args)
         if args.val_images:
             self.val_set = self.val_set.subset(list(range(min(args.val_images,
@@ -317,9 +326,9 @@ class Trainer:
             raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
                              f"{n_train} training samples per epoch; use a smaller batch")
         self.model = build_model(args.model, dropout=args.dropout, batch_norm=args.batch_norm)
-        if self.resume_state is not None:
+        if weights_state is not None:
             try:
-                self.model = model_from_checkpoint(self.resume_state, args.resume, args.model)
+                self.model = model_from_checkpoint(weights_state, weights_from, args.model)
             except CheckpointError as error:
                 raise SystemExit(f"error: {error}")
         else:

@@ -106,6 +106,16 @@ def test_ema_weights_are_validated_saved_and_resumed(tmp_path, small_synthetic):
         assert torch.equal(a, b)
 
 
+def test_init_from_starts_a_new_run_from_the_shipped_weights(tmp_path, small_synthetic):
+    shipped = ROOT / "checkpoint" / "pretrained" / "MrCNN.pth"
+    trainer = main.Trainer(make_args(tmp_path, "--init-from", str(shipped)))
+    state = load_checkpoint(shipped)
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, state["model_state"][name].float(), msg=name)
+    assert trainer.model.input_mean.tolist() == pytest.approx(state["normalisation"]["mean"])
+    assert (trainer.epoch, trainer.step) == (0, 0) and not trainer.optimizer.state
+
+
 def run_main(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
@@ -125,6 +135,9 @@ def test_default_command_trains_on_synthetic_data_and_writes_logs_and_checkpoint
     (["--model", "VGG"], "unknown --model"),
     (["--data-dir", "does/not/exist"], "does not exist"),
     (["--batch-size", "100000"], "larger than"),
+    (["--ema-decay", "1.5"], "--ema-decay must be in [0, 1)"),
+    (["--resume", "a.pth", "--init-from", "b.pth"], "exclude each other"),
+    (["--init-from", "missing.pth"], "missing.pth does not exist"),
 ])
 def test_bad_arguments_exit_with_one_clear_line(tmp_path, args, message):
     result = run_main(tmp_path, *args)
