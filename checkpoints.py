@@ -71,3 +71,60 @@ def model_from_checkpoint(state, path="checkpoint", expected_model=None):
         raise CheckpointError(f"{path}: weights do not fit {name} "
                               f"({str(error).splitlines()[0][:200]}).")
     return model.float()
+
+
+# Keys a shipped model keeps: what test.py needs and where the weights came from.
+SHIPPED_KEYS = ("model", "model_state", "model_options", "normalisation", "args", "epoch",
+                "step", "best_metric", "run_name", "data", "post_processing")
+
+
+def command_line(args):
+    """A training-args dict (as checkpoints store it) -> the ``python main.py ...`` command that
+    makes it: the flags whose values differ from main.py's defaults, in main.py's order."""
+    from main import parse_args
+    defaults = vars(parse_args([]))
+    words = ["python", "main.py", "--model", str(args.get("model", defaults["model"]))]
+    for key, value in args.items():
+        if (key in defaults and value != defaults[key]
+                and key not in ("model", "resume", "worker_count")):
+            flag = "--" + key.replace("_", "-")
+            words += [flag] if value is True else [flag, str(value)]
+    return " ".join(words)
+
+
+def shipped_state(state, note):
+    """A training checkpoint dict -> the dict to ship: weights as fp16 (half the size), no
+    optimiser, scheduler, RNG or raw EMA state, plus ``command`` and ``training_note``."""
+    shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
+    shipped["model_state"] = {name: value.half() if value.is_floating_point() else value
+                              for name, value in state["model_state"].items()}
+    shipped["command"] = command_line(state["args"])
+    shipped["training_note"] = note
+    return shipped
+
+
+def main(argv=None):
+    """``python checkpoints.py ship SRC DST --note TEXT``: write SRC's shippable form to DST."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(description="Make a training checkpoint shippable.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ship = sub.add_parser("ship", help="fp16 weights and metadata only (e.g. for "
+                          "checkpoint/pretrained/); then run test.py --tune-post-processing")
+    ship.add_argument("source", help="checkpoint written by main.py (e.g. best.pth)")
+    ship.add_argument("destination", help="file to write")
+    ship.add_argument("--note", default="", help="how and where it was trained")
+    args = parser.parse_args(argv)
+    try:
+        state = shipped_state(load_checkpoint(args.source), args.note)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+    save_checkpoint(state, args.destination)
+    size = Path(args.destination).stat().st_size / 1e6
+    print(f"wrote {args.destination} ({size:.1f} MB): {state['command']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -92,3 +92,28 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
     result = run_test_py(tmp_path, "--checkpoint", str(bogus), "--images", "x.png")
     assert result.returncode != 0 and "not a loadable checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp_path):
+    import checkpoints
+    import main
+    from MrCNN import MrCNN
+    torch.manual_seed(0)
+    model = MrCNN().eval()
+    args = vars(main.parse_args(["--data-dir", "data/MIT1003", "--epochs", "30",
+                                 "--ema-decay", "0.998", "--no-flip", "-j", "7"]))
+    source, destination = tmp_path / "best.pth", tmp_path / "shipped" / "MrCNN.pth"
+    checkpoints.save_checkpoint({"model": "MrCNN", "model_state": model.state_dict(),
+                                 "train_model_state": model.state_dict(), "args": args,
+                                 "optimizer_state": {"state": {}}, "epoch": 12}, source)
+    assert checkpoints.main(["ship", str(source), str(destination), "--note", "CPU, bf16"]) == 0
+    state = load_checkpoint(destination)  # weights_only=True
+    assert state["command"] == ("python main.py --model MrCNN --data-dir data/MIT1003 --epochs "
+                                "30 --ema-decay 0.998 --no-flip")
+    assert state["training_note"] == "CPU, bf16" and state["epoch"] == 12
+    assert not {"optimizer_state", "train_model_state"} & set(state)
+    assert state["model_state"]["fusion.out.weight"].dtype == torch.float16
+    assert destination.stat().st_size < 0.6 * source.stat().st_size
+    crops = torch.rand(8, 3, 3, 42, 42)
+    shipped = model_from_checkpoint(state, destination).eval()
+    torch.testing.assert_close(shipped(crops), model(crops), atol=2e-3, rtol=0)
