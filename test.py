@@ -221,7 +221,8 @@ def evaluate(args, state, model, precision, output_dir):
     post = state.get("post_processing")
     maps = predict_maps(model, data, args.inference, precision, args.grid_size)
     rows = {"raw": maps}
-    if post:
+    if post:  # the blur alone, then with the centre blend: the blend costs sAUC
+        rows["blurred"] = [post_process(m, post["blur_sigma"]) for m in maps]
         rows["post_processed"] = [post_process(m, post["blur_sigma"], post["centre_weight"])
                                   for m in maps]
     rows["centre_bias"] = [centre_bias_map()] * len(data)

@@ -47,12 +47,12 @@ def test_evaluation_of_an_mit_layout_folder_writes_every_output(tmp_path):
     assert summary["n_images"] == 3
     for name in metrics.METRIC_NAMES:
         assert np.isfinite(summary[name]), name
-    assert set(summary["rows"]) == {"raw", "post_processed", "centre_bias", "chance"}
+    assert set(summary["rows"]) == {"raw", "blurred", "post_processed", "centre_bias", "chance"}
     for row in summary["rows"].values():
         assert set(row) == set(metrics.METRIC_NAMES)
         assert set(row["auc_judd"]) == {"mean", "std", "ci95"}
     lines = (out / "per_image.csv").read_text().strip().splitlines()
-    assert len(lines) == 1 + 3 * 4
+    assert len(lines) == 1 + 3 * 5
     assert Image.open(out / "best_worst.png").size[0] > 100
     for name in ("a", "b", "c"):
         assert Image.open(out / "maps" / f"{name}.png").size == (80, 60)
