@@ -84,6 +84,23 @@ def cut_crops(padded_scales, image_index, rel, flip=None):
     return crops
 
 
+def colour_jitter(crops, factors):
+    """Photometric augmentation, the same for the three scales of a sample.
+
+    crops: float [B, 3 scales, 3, H, W] in [0, 1]; factors: float [B, 3] (saturation,
+    contrast, brightness), 1 = unchanged. Saturation blends with the grey image, contrast
+    scales around the sample's mean grey level, brightness multiplies. Returns a new tensor,
+    clamped to [0, 1].
+    """
+    saturation, contrast, brightness = (f.view(-1, 1, 1, 1, 1) for f in factors.unbind(1))
+    luma = torch.tensor([0.299, 0.587, 0.114], device=crops.device).view(1, 1, 3, 1, 1)
+    grey = (crops * luma).sum(2, keepdim=True)
+    x = grey + saturation * (crops - grey)
+    mean = grey.mean((1, 2, 3, 4), keepdim=True)
+    x = mean + contrast * (x - mean)
+    return (x * brightness).clamp_(0.0, 1.0)
+
+
 def grid_locations(grid_size=50, device="cpu"):
     """The centres of a grid_size x grid_size grid as relative (v, u): float [grid_size**2, 2]."""
     centres = (torch.arange(grid_size, device=device, dtype=torch.float64) + 0.5) / grid_size

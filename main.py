@@ -97,6 +97,9 @@ def parse_args(argv=None):
     parser.add_argument("--freeze-locations", action="store_true",
                         help="draw the training locations once instead of every epoch")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    parser.add_argument("--colour-jitter", type=float, default=0.0, metavar="S",
+                        help="random saturation, contrast and brightness factors in "
+                             "[1 - S, 1 + S] per training sample; 0: off")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model for training; falls back to eager mode "
                              "if compiling fails (slower than eager on a 2-core CPU, see README)")
@@ -122,6 +125,8 @@ def check_args(args):
         problems.append(f"--batch-size must be at least 1 (got {args.batch_size})")
     if not 0 <= args.dropout < 1:
         problems.append(f"--dropout must be in [0, 1) (got {args.dropout})")
+    if not 0 <= args.colour_jitter < 1:
+        problems.append(f"--colour-jitter must be in [0, 1) (got {args.colour_jitter})")
     if not 0 <= args.ema_decay < 1:
         problems.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
     if args.resume and args.init_from:
@@ -420,8 +425,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def epoch_samples(self):
-        """(image index, relative location, label, flip) for one epoch, shuffled, moved to the
-        device once per epoch (for the coursework's pre-cut crops: sample index, None, ...)."""
+        """(image index, relative location, label, flip, colour factors [M, 3] or None) for one
+        epoch, shuffled, moved to the device once per epoch (for the coursework's pre-cut
+        crops: sample index, None, ...). Drawn here, not per batch, so that a run resumed
+        mid-epoch sees the same augmentation."""
         if self.train_set.samples is not None:
             labels = self.train_set.samples[1]
             index, rel = torch.arange(len(labels)), None
@@ -439,15 +446,22 @@ class Trainer:
                 self.positive_locations)
         order = torch.randperm(len(labels), generator=self.generator)
         flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
+        jitter = None
+        if self.args.colour_jitter > 0:
+            jitter = 1 + self.args.colour_jitter * (
+                2 * torch.rand(len(labels), 3, generator=self.generator) - 1)
+            jitter = jitter.to(self.device)
         index_device = "cpu" if rel is None else self.device  # pre-cut crops stay in host memory
         return (index[order].to(index_device), None if rel is None else rel[order].to(self.device),
-                labels[order].to(self.device), flip.to(self.device))
+                labels[order].to(self.device), flip.to(self.device), jitter)
 
-    def batch_crops(self, index, rel, flip):
+    def batch_crops(self, index, rel, flip, jitter=None):
         if rel is None:  # coursework files: pre-cut crops
             crops = self.train_set.samples[0][index].to(self.device)
-            return torch.where(flip[:, None, None, None, None], crops.flip(-1), crops)
-        return dataset.cut_crops(self.train_scales, index, rel, flip)
+            crops = torch.where(flip[:, None, None, None, None], crops.flip(-1), crops)
+        else:
+            crops = dataset.cut_crops(self.train_scales, index, rel, flip)
+        return crops if jitter is None else dataset.colour_jitter(crops, jitter)
 
     def train_epoch(self, writer, recorder, progress):
         from tqdm import tqdm
@@ -461,7 +475,7 @@ class Trainer:
             progress_state["sampler_state"] = self.generator.get_state()
         else:
             self.generator.set_state(progress_state["sampler_state"])
-        index, rel, labels, flip = self.epoch_samples()
+        index, rel, labels, flip, jitter = self.epoch_samples()
         n_batches = len(labels) // args.batch_size  # drop the ragged last batch
         loss_sum = torch.full((), progress_state["loss_sum"], device=self.device)
         correct = torch.full((), progress_state["correct"], device=self.device)
@@ -471,7 +485,8 @@ class Trainer:
                    f"{args.epochs}", leave=False, disable=not progress, unit="batch")
         for b in bar:
             sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
-            crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl])
+            crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl],
+                                     None if jitter is None else jitter[sl])
             target = labels[sl]
             # the first step runs eagerly: the feature recorder's hooks watch it
             step_model = model if self.compiled_model is None or recorder else self.compiled_model

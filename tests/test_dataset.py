@@ -99,6 +99,25 @@ def test_fixation_point_positives_are_the_recorded_fixations_at_any_image_size()
         dataset.fixation_point_locations([])
 
 
+def test_colour_jitter_factors_do_what_they_say_and_treat_the_three_scales_alike():
+    torch.manual_seed(0)
+    crop = 0.2 + 0.6 * torch.rand(1, 1, 3, 42, 42)
+    crops = crop.expand(4, 3, 3, 42, 42).clone()  # the same picture at all three scales
+    factors = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.5], [1.0, 0.5, 1.0]])
+    out = dataset.colour_jitter(crops, factors)
+    torch.testing.assert_close(out[0], crops[0])                      # identity
+    assert torch.allclose(out[1, :, 0], out[1, :, 1], atol=1e-6)      # no saturation: grey
+    torch.testing.assert_close(out[2], 0.5 * crops[2])                # half brightness
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    grey = lambda x: (x * luma).sum(-3)
+    torch.testing.assert_close(grey(out[3]).mean(), grey(crops[3]).mean())  # contrast keeps mean
+    assert float(grey(out[3]).std()) == pytest.approx(0.5 * float(grey(crops[3]).std()), rel=1e-4)
+    for k in range(4):
+        torch.testing.assert_close(out[k, 0], out[k, 1])
+        torch.testing.assert_close(out[k, 0], out[k, 2])
+    assert out.min() >= 0 and dataset.colour_jitter(crops, torch.full((4, 3), 3.0)).max() <= 1
+
+
 def test_split_files_are_disjoint_and_cover_mit1003():
     splits = {s: dataset.read_split(s) for s in ("train", "val", "test")}
     assert {s: len(v) for s, v in splits.items()} == {"train": 803, "val": 100, "test": 100}

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+import dataset
 import main
 from checkpoints import load_checkpoint
 from conftest import ROOT
@@ -47,7 +48,7 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
 
 def test_fixation_point_positives_reach_the_training_batches(tmp_path, small_synthetic):
     trainer = main.Trainer(make_args(tmp_path, "--positives", "fixation-points"))
-    index, rel, labels, _ = trainer.epoch_samples()
+    index, rel, labels, _, _ = trainer.epoch_samples()
     for i, (v, u) in zip(index[labels == 1].tolist(), rel[labels == 1].tolist()):
         points = trainer.train_set.fixations[i]
         height, width = points.shape
@@ -114,6 +115,17 @@ def test_init_from_starts_a_new_run_from_the_shipped_weights(tmp_path, small_syn
         torch.testing.assert_close(value, state["model_state"][name].float(), msg=name)
     assert trainer.model.input_mean.tolist() == pytest.approx(state["normalisation"]["mean"])
     assert (trainer.epoch, trainer.step) == (0, 0) and not trainer.optimizer.state
+
+
+def test_colour_jitter_reaches_the_training_batches_within_its_range(tmp_path, small_synthetic):
+    trainer = main.Trainer(make_args(tmp_path, "--colour-jitter", "0.3", "--no-flip"))
+    index, rel, labels, flip, jitter = trainer.epoch_samples()
+    assert jitter.shape == (len(labels), 3) and jitter.min() >= 0.7 and jitter.max() <= 1.3
+    assert jitter.std() > 0.1
+    jittered = trainer.batch_crops(index[:8], rel[:8], flip[:8], jitter[:8])
+    plain = dataset.cut_crops(trainer.train_scales, index[:8], rel[:8])
+    torch.testing.assert_close(jittered, dataset.colour_jitter(plain, jitter[:8]))
+    assert not torch.allclose(jittered, plain)
 
 
 def run_main(tmp_path, *args):
