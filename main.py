@@ -556,14 +556,11 @@ class Trainer:
                 logits = model(crops).float()
                 total += float(self.loss_fn(logits, labels[chunk].to(self.device))) * len(chunk)
         maps = predict_maps(model, self.val_set, self.args.inference, self.precision)
-        fixations = self.val_set.fixations
-        judd, shuffled = [], []
-        for i, saliency in enumerate(maps):
-            other = metrics.shuffled_other_map(i, fixations)
-            judd.append(metrics.auc_judd(saliency, fixations[i]))
-            shuffled.append(metrics.auc_shuffled(saliency, fixations[i], other, rng=i))
-        result = {"loss": total / len(labels), "auc_judd": float(np.nanmean(judd)),
-                  "auc_shuffled": float(np.nanmean(shuffled))}
+        # scored in this process: forking one that runs TensorBoard's and torch's threads
+        # can deadlock the child on a lock held at the fork
+        means, _ = metrics.evaluate_dataset(maps, self.val_set.fixations, self.val_set.densities,
+                                            names=("auc_judd", "auc_shuffled"), workers=1)
+        result = {"loss": total / len(labels), **means}
         if writer is not None:
             for key, value in result.items():
                 writer.add_scalar(f"val/{key}", value, self.step)

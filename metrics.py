@@ -18,6 +18,8 @@ Conventions shared by all functions:
   gives NaN (with a warning for the missing fixations), never an exception.
 """
 import math
+import multiprocessing
+import os
 import warnings
 
 import numpy as np
@@ -266,40 +268,79 @@ def shuffled_other_map(index, fixation_maps, n_others=10, seed=0):
     return other
 
 
-def score_image(saliency_map, fixation_map, density_map, other_map, n_splits=100, rng=0):
-    """All metrics of METRIC_NAMES for one image -> dict of floats (NaN where undefined)."""
-    return {
-        "auc_judd": auc_judd(saliency_map, fixation_map),
-        "auc_shuffled": auc_shuffled(saliency_map, fixation_map, other_map, n_splits, rng=rng),
-        "auc_borji": auc_borji(saliency_map, fixation_map, n_splits, rng=rng),
-        "nss": nss(saliency_map, fixation_map),
-        "cc": cc(saliency_map, density_map),
-        "similarity": similarity(saliency_map, density_map),
-        "kl_divergence": kl_divergence(saliency_map, density_map),
-        "coursework_auc": coursework_auc(saliency_map, density_map),
+def score_image(saliency_map, fixation_map, density_map, other_map, n_splits=100, rng=0,
+                names=METRIC_NAMES):
+    """The metrics ``names`` (default: all of METRIC_NAMES) for one image -> dict of floats
+    (NaN where undefined)."""
+    metric = {
+        "auc_judd": lambda: auc_judd(saliency_map, fixation_map),
+        "auc_shuffled": lambda: auc_shuffled(saliency_map, fixation_map, other_map, n_splits,
+                                             rng=rng),
+        "auc_borji": lambda: auc_borji(saliency_map, fixation_map, n_splits, rng=rng),
+        "nss": lambda: nss(saliency_map, fixation_map),
+        "cc": lambda: cc(saliency_map, density_map),
+        "similarity": lambda: similarity(saliency_map, density_map),
+        "kl_divergence": lambda: kl_divergence(saliency_map, density_map),
+        "coursework_auc": lambda: coursework_auc(saliency_map, density_map),
     }
+    return {name: metric[name]() for name in names}
+
+
+_DATASET = None  # what forked ``evaluate_dataset`` workers read (set only while they run)
+
+
+def _score_dataset_image(i):
+    maps_by_row, fixation_maps, density_maps, n_others, n_splits, seed, names = _DATASET
+    fixations = as_binary_map(fixation_maps[i])
+    other = shuffled_other_map(i, fixation_maps, n_others, seed)
+    scores = {}
+    for row, maps in maps_by_row.items():
+        # as the benchmark scores a submitted map: at the image's size, scaled to [0, 1]
+        saliency = resize_map(maps[i], fixations.shape)
+        saliency = (saliency - saliency.min()) / max(saliency.max() - saliency.min(), 1e-12)
+        scores[row] = score_image(saliency, fixations, density_maps[i], other, n_splits,
+                                  rng=[seed, i], names=names)
+    return scores
 
 
 def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_splits=100,
-                     seed=0):
-    """Score a dataset: lists of saliency maps, binary fixation maps and density maps.
+                     seed=0, names=METRIC_NAMES, workers=1):
+    """Score a dataset: lists of saliency maps (any size; or a dict row -> such a list, to
+    score several kinds of map of the same images), binary fixation maps and density maps.
 
-    Shuffled-AUC negatives for image i come from ``n_others`` other images of the same lists
-    (see ``shuffled_other_map``). Returns ``(means, per_image)``: a dict metric -> nan-mean
-    over images, and a list of per-image dicts.
+    Each map is resized to its image's size and min-max scaled, as the benchmark scores
+    submitted maps. Shuffled-AUC negatives for image i come from ``n_others`` other images of
+    the same lists (see ``shuffled_other_map``); the random splits of image i are seeded with
+    ``[seed, i]``, so the scores do not depend on ``workers`` (forked processes where the
+    platform forks; they see NumPy arrays only). Returns ``(means, per_image)``: a dict
+    metric -> nan-mean over images and a list of per-image dicts, or, for a dict of rows,
+    both keyed by row.
     """
-    per_image = []
-    for i, (sal, fix, dens) in enumerate(zip(saliency_maps, fixation_maps, density_maps)):
-        other = shuffled_other_map(i, fixation_maps, n_others, seed)
-        per_image.append(score_image(sal, fix, dens, other, n_splits, rng=[seed, i]))
-    means = summarise(per_image)
-    return means, per_image
+    global _DATASET
+    rows = saliency_maps if isinstance(saliency_maps, dict) else {None: saliency_maps}
+    rows = {row: [np.asarray(m, dtype=np.float32) for m in maps] for row, maps in rows.items()}
+    n_images = len(fixation_maps)
+    workers = max(1, min(workers or os.cpu_count() or 1, n_images))
+    _DATASET = (rows, fixation_maps, density_maps, n_others, n_splits, seed, names)
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                scores = pool.map(_score_dataset_image, range(n_images))
+        else:
+            scores = [_score_dataset_image(i) for i in range(n_images)]
+    finally:
+        _DATASET = None
+    per_image = {row: [image[row] for image in scores] for row in rows}
+    means = {row: summarise(values, names) for row, values in per_image.items()}
+    if isinstance(saliency_maps, dict):
+        return means, per_image
+    return means[None], per_image[None]
 
 
-def summarise(per_image):
+def summarise(per_image, names=METRIC_NAMES):
     """List of per-image metric dicts -> dict metric -> nan-mean (NaN if no image has a value)."""
     means = {}
-    for name in METRIC_NAMES:
+    for name in names:
         values = np.array([row[name] for row in per_image], dtype=np.float64)
         means[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     return means

@@ -13,8 +13,6 @@ import argparse
 import csv
 import json
 import math
-import multiprocessing
-import os
 import sys
 from pathlib import Path
 
@@ -89,43 +87,6 @@ def load_split(args):
         return dataset.load_coursework(args.data_dir, args.split)
     return dataset.load_mit(args.data_dir, args.split, args.cache_dir, args.worker_count,
                             ground_truth=True)
-
-
-_SCORING = None  # (maps by row, SaliencySet, seed): read by forked scoring workers
-
-
-def _score_one(i):
-    maps_by_row, data, seed = _SCORING
-    fixations, density = data.ground_truth(i)
-    other = metrics.shuffled_other_map(i, data.fixations, seed=seed)
-    # scored as the benchmark scores submissions: at the image's size, in [0, 1]
-    return {row: metrics.score_image(full_size(maps[i], None, *fixations.shape), fixations,
-                                     density, other, rng=[seed, i])
-            for row, maps in maps_by_row.items()}
-
-
-def score_rows(maps_by_row, data, seed, workers=None):
-    """{row: list of maps} -> {row: list of per-image metric dicts} on a SaliencySet.
-
-    Images are scored in ``workers`` forked processes (default: one per core); the scores do
-    not depend on the number of workers.
-    """
-    from tqdm import tqdm
-    global _SCORING
-    # NumPy only in the workers: torch's thread pool does not survive a fork
-    _SCORING = ({row: [np.asarray(m, dtype=np.float32) for m in maps]
-                 for row, maps in maps_by_row.items()}, data, seed)
-    workers = min(workers or os.cpu_count() or 1, len(data))
-    progress = dict(total=len(data), desc="scoring", unit="img", disable=not sys.stderr.isatty())
-    try:
-        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                per_image = list(tqdm(pool.imap(_score_one, range(len(data))), **progress))
-        else:
-            per_image = [_score_one(i) for i in tqdm(range(len(data)), **progress)]
-    finally:
-        _SCORING = None
-    return {row: [scores[row] for scores in per_image] for row in maps_by_row}
 
 
 def tune_post_processing(model, args, precision):
@@ -229,7 +190,8 @@ def evaluate(args, state, model, precision, output_dir):
     rng = np.random.default_rng(args.seed)
     rows["chance"] = [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
                       for _ in range(len(data))]
-    scores = score_rows(rows, data, args.seed, args.worker_count)
+    _, scores = metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
+                                         workers=args.worker_count)
     table = summarise(scores)
     default_row = "post_processed" if post else "raw"
     summary = {"n_images": len(data), "checkpoint": str(args.checkpoint), "split": args.split,

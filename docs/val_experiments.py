@@ -12,7 +12,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,14 +25,9 @@ PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoint" / "pretrained"
 
 def score(maps, data):
     """Mean AUC-Judd and shuffled AUC of grid maps on a SaliencySet (seeds as in test.py)."""
-    judd, shuffled = [], []
-    for i, grid_map in enumerate(maps):
-        fixations = data.fixations[i]
-        saliency = metrics.resize_map(grid_map, fixations.shape)
-        other = metrics.shuffled_other_map(i, data.fixations, seed=0)
-        judd.append(metrics.auc_judd(saliency, fixations))
-        shuffled.append(metrics.auc_shuffled(saliency, fixations, other, rng=[0, i]))
-    return float(np.nanmean(judd)), float(np.nanmean(shuffled))
+    means, _ = metrics.evaluate_dataset(maps, data.fixations, data.densities,
+                                        names=("auc_judd", "auc_shuffled"), workers=None)
+    return means["auc_judd"], means["auc_shuffled"]
 
 
 def dense_maps(model, data, grid_size=50, flip=False):

@@ -136,6 +136,24 @@ def test_coursework_auc_is_one_for_identical_maps_and_lower_for_inverted():
     assert metrics.coursework_auc(-dens, dens) < 0.5
 
 
+def test_evaluate_dataset_scores_rows_alike_in_forked_workers_and_scales_maps_first():
+    scenes = [gaussian_scene(seed=s) for s in range(4)]
+    fixations, densities = [s[1] for s in scenes], [s[0] for s in scenes]
+    small = [torch.from_numpy(d[::2, ::2].copy()) * 7 + 3 for d in densities]  # other scale
+    rows = {"exact": densities, "small": small}
+    means, per_image = metrics.evaluate_dataset(rows, fixations, densities, n_splits=20)
+    forked = metrics.evaluate_dataset(rows, fixations, densities, n_splits=20, workers=2)
+    assert forked == (means, per_image)
+    only = metrics.evaluate_dataset(small, fixations, densities, n_splits=20,
+                                    names=("auc_shuffled", "kl_divergence"))
+    assert set(only[0]) == {"auc_shuffled", "kl_divergence"}
+    assert only[1] == [{k: r[k] for k in only[0]} for r in per_image["small"]]
+    # KL is not invariant to an affine change of the map: min-max scaling made it so
+    assert means["small"]["kl_divergence"] == pytest.approx(
+        metrics.evaluate_dataset([d[::2, ::2] for d in densities], fixations, densities,
+                                 n_splits=20)[0]["kl_divergence"], rel=1e-4)
+
+
 def test_evaluate_dataset_returns_means_of_per_image_values():
     scenes = [gaussian_scene(seed=s) for s in range(3)]
     means, rows = metrics.evaluate_dataset([s[0] for s in scenes], [s[1] for s in scenes],
