@@ -561,11 +561,12 @@ def fixation_point_locations(fixations):
 
 
 def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative_weights=None,
-                     positive_locations=None):
+                     positive_locations=None, fixation_threshold=FIXATION_THRESHOLD):
     """Draw training locations from fixation maps.
 
     maps: uint8 [N, H, W] with the maximum scaled to 255. Per image, ``n_fixation``
-    locations where the map (scaled to [0, 1]) is > 0.9, or, with ``positive_locations``
+    locations where the map (scaled to [0, 1]) is > ``fixation_threshold`` (0.9), or, with
+    ``positive_locations``
     (``fixation_point_locations``: float [K_i, 2] per image), among the recorded human
     fixations; and ``n_non_fixation`` where the map is < 0.1; all with replacement. Negatives
     are drawn uniformly, or, with ``negative_weights`` (float [H, W], e.g. ``fixation_prior``
@@ -579,12 +580,12 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative
     weights = None if negative_weights is None else negative_weights.reshape(-1).float()
     to_relative = lambda pixel: torch.stack([(pixel // width + 0.5) / height,
                                              (pixel % width + 0.5) / width], 1).float()
-    # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties at the thresholds
+    # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties at the defaults
     index, rel, label = [], [], []
     for i in range(n_images):
         negative = torch.nonzero(flat[i] < NON_FIXATION_THRESHOLD * 255).squeeze(1)
         if positive_locations is None:
-            positive = torch.nonzero(flat[i] > FIXATION_THRESHOLD * 255).squeeze(1)
+            positive = torch.nonzero(flat[i] > fixation_threshold * 255).squeeze(1)
         else:
             positive = positive_locations[i]
         if len(positive) == 0 or len(negative) == 0:

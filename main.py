@@ -94,6 +94,9 @@ def parse_args(argv=None):
     parser.add_argument("--positives", default="map-peak", choices=("map-peak", "fixation-points"),
                         help="where fixation locations are drawn: where the fixation map is "
                              "above 0.9 of its maximum, or among the recorded human fixations")
+    parser.add_argument("--fixation-threshold", type=float, default=dataset.FIXATION_THRESHOLD,
+                        help="with --positives map-peak: fixation locations are where the map "
+                             "exceeds this fraction of its maximum")
     parser.add_argument("--freeze-locations", action="store_true",
                         help="draw the training locations once instead of every epoch")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
@@ -127,6 +130,9 @@ def check_args(args):
         problems.append(f"--dropout must be in [0, 1) (got {args.dropout})")
     if not 0 <= args.colour_jitter < 1:
         problems.append(f"--colour-jitter must be in [0, 1) (got {args.colour_jitter})")
+    if not 0.1 <= args.fixation_threshold < 1:
+        problems.append(f"--fixation-threshold must be in [0.1, 1) (above the non-fixation "
+                        f"threshold; got {args.fixation_threshold})")
     if not 0 <= args.ema_decay < 1:
         problems.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
     if args.resume and args.init_from:
@@ -437,13 +443,13 @@ class Trainer:
                 self.frozen_locations = dataset.sample_locations(
                     self.train_set.maps, torch.Generator().manual_seed(self.args.seed),
                     self.args.fixations_per_image, self.args.non_fixations_per_image,
-                    self.negative_weights, self.positive_locations)
+                    self.negative_weights, self.positive_locations, self.args.fixation_threshold)
             index, rel, labels = self.frozen_locations
         else:
             index, rel, labels = dataset.sample_locations(
                 self.train_set.maps, self.generator, self.args.fixations_per_image,
                 self.args.non_fixations_per_image, self.negative_weights,
-                self.positive_locations)
+                self.positive_locations, self.args.fixation_threshold)
         order = torch.randperm(len(labels), generator=self.generator)
         flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
         jitter = None

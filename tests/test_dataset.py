@@ -59,6 +59,19 @@ def test_sampling_respects_thresholds_and_counts():
     assert (values[label == 1] > 0.9).all() and (values[label == 0] < 0.1).all()
 
 
+def test_a_lower_fixation_threshold_widens_the_positives():
+    maps = torch.zeros(1, 40, 40, dtype=torch.uint8)
+    maps[0, 5:10, 5:10] = 255
+    maps[0, 20:30, 20:30] = 140        # above 0.5 * 255, below 0.9 * 255
+    draw = lambda t: dataset.sample_locations(maps, torch.Generator().manual_seed(0), 200, 20,
+                                              fixation_threshold=t)
+    for threshold, lowest in ((0.9, 255), (0.5, 140)):
+        index, rel, label = draw(threshold)
+        pixel = (rel * 40).floor().long()
+        values = maps[index, pixel[:, 0], pixel[:, 1]]
+        assert values[label == 1].min() == lowest and (values[label == 0] < 26).all()
+
+
 def test_centre_matched_negatives_follow_where_fixations_fall_in_other_images():
     rng = np.random.default_rng(0)
     maps = torch.zeros(40, 60, 60, dtype=torch.uint8)

@@ -148,6 +148,7 @@ def test_default_command_trains_on_synthetic_data_and_writes_logs_and_checkpoint
     (["--data-dir", "does/not/exist"], "does not exist"),
     (["--batch-size", "100000"], "larger than"),
     (["--ema-decay", "1.5"], "--ema-decay must be in [0, 1)"),
+    (["--fixation-threshold", "0.05"], "--fixation-threshold must be in [0.1, 1)"),
     (["--resume", "a.pth", "--init-from", "b.pth"], "exclude each other"),
     (["--init-from", "missing.pth"], "missing.pth does not exist"),
 ])
