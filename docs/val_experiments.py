@@ -5,7 +5,8 @@
 For the shipped MrCNN and MrCNNs, raw maps (fcn, bf16) scored as test.py scores them:
 the 50x50 grid, flip test-time augmentation, a 100x100 grid, monotone transforms of the
 map (shuffled AUC thresholds the min-max scaled map in steps of 0.1, so it is not rank
-invariant), and the average of the two models.
+invariant), the post-processing's blur alone at several sigmas, and the average of the
+two models.
 """
 import argparse
 import sys
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataset  # noqa: E402
 import metrics  # noqa: E402
 from checkpoints import load_checkpoint, model_from_checkpoint  # noqa: E402
-from inference import predict_maps  # noqa: E402
+from inference import post_process, predict_maps  # noqa: E402
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoint" / "pretrained"
 
@@ -57,6 +58,9 @@ def main():
                 "100x100": dense_maps(model, data, grid_size=100)}
         rows.update({f"50x50, {label}": [f(m) for m in plain[name]]
                      for label, f in transforms.items()})
+        rows.update({f"blur {sigma:.2f} (post-processing without the centre blend)":
+                     [post_process(m, sigma) for m in plain[name]]
+                     for sigma in (0.0, 0.01, 0.02, 0.03, 0.04, 0.06)})
         for label, maps in rows.items():
             print(f"{args.split} {name} {label}: AUC-Judd %.4f sAUC %.4f" % score(maps, data),
                   flush=True)
