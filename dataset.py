@@ -546,13 +546,11 @@ def fixation_prior(maps):
 def fixation_point_locations(fixations):
     """Relative locations of the recorded human fixations: bool [H, W] point maps (one per
     image, any size; None where unknown) -> list of float [K, 2] (row, column) in [0, 1) at
-    the pixel centres. Raises DatasetError if an image has no fixation points."""
-    if not fixations:
+    the pixel centres. Raises DatasetError where the fixation points are not known."""
+    if not fixations or any(points is None for points in fixations):
         raise DatasetError("these images have no fixation points: use --positives map-peak")
     locations = []
     for points in fixations:
-        if points is None:
-            raise DatasetError("these images have no fixation points: use --positives map-peak")
         points = torch.as_tensor(np.asarray(points))
         height, width = points.shape
         rows, cols = torch.nonzero(points, as_tuple=True)

@@ -61,6 +61,13 @@ def resize_map(saliency_map, shape):
     return np.asarray(image.resize((shape[1], shape[0]), Image.BICUBIC), dtype=np.float64)
 
 
+def as_submitted_map(saliency_map, shape):
+    """A map of any size and range -> float64 [H, W] in [0, 1] at ``shape``: resized, then
+    min-max scaled (a constant map becomes zeros), as a map submitted to the benchmark is."""
+    sal = resize_map(saliency_map, shape)
+    return (sal - sal.min()) / max(sal.max() - sal.min(), 1e-12)
+
+
 def _min_max(x):
     with np.errstate(invalid="ignore", divide="ignore"):
         return (x - x.min()) / (x.max() - x.min())
@@ -295,9 +302,7 @@ def _score_dataset_image(i):
     other = shuffled_other_map(i, fixation_maps, n_others, seed)
     scores = {}
     for row, maps in maps_by_row.items():
-        # as the benchmark scores a submitted map: at the image's size, scaled to [0, 1]
-        saliency = resize_map(maps[i], fixations.shape)
-        saliency = (saliency - saliency.min()) / max(saliency.max() - saliency.min(), 1e-12)
+        saliency = as_submitted_map(maps[i], fixations.shape)
         scores[row] = score_image(saliency, fixations, density_maps[i], other, n_splits,
                                   rng=[seed, i], names=names)
     return scores
