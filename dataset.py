@@ -559,7 +559,8 @@ def fixation_point_locations(fixations):
 
 
 def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative_weights=None,
-                     positive_locations=None, fixation_threshold=FIXATION_THRESHOLD):
+                     positive_locations=None, fixation_threshold=FIXATION_THRESHOLD,
+                     n_uniform=0, map_labels=False):
     """Draw training locations from fixation maps.
 
     maps: uint8 [N, H, W] with the maximum scaled to 255. Per image, ``n_fixation``
@@ -570,9 +571,14 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative
     are drawn uniformly, or, with ``negative_weights`` (float [H, W], e.g. ``fixation_prior``
     of the training maps), in proportion to those weights, so that negatives share the
     positives' centre bias and position alone predicts nothing (what shuffled AUC rewards).
+    ``n_uniform`` more locations per image are drawn uniformly over the whole image. With
+    ``map_labels`` every location is labelled with the fixation map's value there (in [0, 1])
+    instead of 1 / 0, so that the in-between locations teach the model the graded density.
     Returns (image index int64 [M], relative location float [M, 2] at the pixel centres,
     label float [M]); images lacking either kind are skipped.
     """
+    if n_uniform and not map_labels:
+        raise ValueError("uniformly drawn locations have no binary label: use map_labels")
     n_images, height, width = maps.shape
     flat = maps.reshape(n_images, -1)
     weights = None if negative_weights is None else negative_weights.reshape(-1).float()
@@ -596,8 +602,17 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative
         else:
             pick = torch.randint(len(negative), (n_non_fixation,), generator=generator)
         rel.append(to_relative(negative[pick]))
-        index.append(torch.full((n_fixation + n_non_fixation,), i, dtype=torch.long))
-        label += [torch.ones(n_fixation), torch.zeros(n_non_fixation)]
+        uniform = torch.randint(height * width, (n_uniform,), generator=generator)
+        rel.append(to_relative(uniform))
+        index.append(torch.full((n_fixation + n_non_fixation + n_uniform,), i, dtype=torch.long))
+        if map_labels:
+            pixels = (rel[-3] * torch.tensor([height, width])).long()
+            pixels = torch.minimum(pixels, torch.tensor([height - 1, width - 1]))
+            values = torch.cat([flat[i][pixels[:, 0] * width + pixels[:, 1]],
+                                flat[i][negative[pick]], flat[i][uniform]])
+            label.append(values.float() / 255)
+        else:
+            label += [torch.ones(n_fixation), torch.zeros(n_non_fixation)]
     return torch.cat(index), torch.cat(rel), torch.cat(label)
 
 

@@ -170,12 +170,11 @@ def centre_bias_map(size=200, sigma=0.25):
     return g[:, None] * g[None, :]
 
 
-def post_process(grid_map, blur_sigma=0.0, centre_weight=0.0, size=200):
-    """Blur a dense map and blend it with the centre prior, as the MIT benchmark tunes both.
+def blur_map(grid_map, blur_sigma, size=200):
+    """Upsample a dense map to [size, size] (bilinear) and blur it with a Gaussian.
 
-    grid_map: float [G, G] in [0, 1]; blur_sigma: Gaussian sigma as a fraction of the image
-    size (0: none); centre_weight: w in (1 - w) * map + w * centre (maps min-max scaled
-    first). Returns float [size, size] in [0, 1] (resize it to the image size afterwards).
+    grid_map: float [G, G]; blur_sigma: sigma as a fraction of the image size (0: no blur).
+    Returns float [size, size] with the map's values (a blur keeps them in their range).
     """
     x = F.interpolate(grid_map[None, None].float(), size=(size, size), mode="bilinear",
                       align_corners=False)[0, 0]
@@ -186,6 +185,29 @@ def post_process(grid_map, blur_sigma=0.0, centre_weight=0.0, size=200):
         kernel = kernel / kernel.sum()
         x = F.pad(x[None, None], (radius, radius, radius, radius), mode="replicate")
         x = F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))[0, 0]
+    return x
+
+
+def sample_maps(maps, index, rel):
+    """Bilinear values of dense maps at relative locations.
+
+    maps: float [N, G, G] over relative locations ((i + 0.5) / G); index: int64 [M] into
+    maps; rel: float [M, 2] relative (row, column) in [0, 1]. Returns float [M] on rel's device.
+    """
+    grid = (2 * rel.float().flip(-1) - 1).to(maps.device)  # grid_sample wants (x, y) in [-1, 1]
+    values = F.grid_sample(maps[index.to(maps.device), None].float(), grid[:, None, None],
+                           mode="bilinear", padding_mode="border", align_corners=False)
+    return values.view(-1).to(rel.device)
+
+
+def post_process(grid_map, blur_sigma=0.0, centre_weight=0.0, size=200):
+    """Blur a dense map and blend it with the centre prior, as the MIT benchmark tunes both.
+
+    grid_map: float [G, G] in [0, 1]; blur_sigma: Gaussian sigma as a fraction of the image
+    size (0: none); centre_weight: w in (1 - w) * map + w * centre (maps min-max scaled
+    first). Returns float [size, size] in [0, 1] (resize it to the image size afterwards).
+    """
+    x = blur_map(grid_map, blur_sigma, size)
     x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
     if centre_weight > 0:
         x = (1 - centre_weight) * x + centre_weight * centre_bias_map(size)

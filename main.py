@@ -28,7 +28,7 @@ import dataset
 import metrics
 from checkpoints import (CheckpointError, load_checkpoint, model_from_checkpoint,
                          save_checkpoint)
-from inference import autocast_context, predict_maps
+from inference import autocast_context, blur_map, predict_maps, sample_maps
 from MrCNN import build_model
 
 DEFAULT_DATA_DIR = "data/MIT1003"
@@ -97,6 +97,21 @@ def parse_args(argv=None):
     parser.add_argument("--fixation-threshold", type=float, default=dataset.FIXATION_THRESHOLD,
                         help="with --positives map-peak: fixation locations are where the map "
                              "exceeds this fraction of its maximum")
+    parser.add_argument("--labels", default="binary", choices=("binary", "map"),
+                        help="training targets: 1 for fixation and 0 for non-fixation "
+                             "locations (the paper), or the fixation map's value there in [0, 1]")
+    parser.add_argument("--uniform-locations-per-image", type=int, default=0,
+                        help="with --labels map: locations drawn uniformly over the image per "
+                             "image and epoch, on top of the fixation and non-fixation ones")
+    parser.add_argument("--teacher", action="append", default=[], metavar="PATH",
+                        help="distil: train towards the mean fixation probability that these "
+                             "checkpoints (repeat the flag for an ensemble) give each training "
+                             "location on their dense maps")
+    parser.add_argument("--teacher-weight", type=float, default=1.0,
+                        help="with --teacher: target = w * teacher + (1 - w) * label")
+    parser.add_argument("--teacher-blur", type=float, default=0.0,
+                        help="with --teacher: Gaussian blur of the teachers' maps, sigma as a "
+                             "fraction of the image size (0: none)")
     parser.add_argument("--freeze-locations", action="store_true",
                         help="draw the training locations once instead of every epoch")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
@@ -133,6 +148,16 @@ def check_args(args):
     if not 0.1 <= args.fixation_threshold < 1:
         problems.append(f"--fixation-threshold must be in [0.1, 1) (above the non-fixation "
                         f"threshold; got {args.fixation_threshold})")
+    if args.uniform_locations_per_image < 0:
+        problems.append(f"--uniform-locations-per-image must be at least 0 "
+                        f"(got {args.uniform_locations_per_image})")
+    elif args.uniform_locations_per_image and args.labels != "map":
+        problems.append("--uniform-locations-per-image needs --labels map: a uniformly drawn "
+                        "location is neither a fixation nor a non-fixation")
+    if not 0 <= args.teacher_weight <= 1:
+        problems.append(f"--teacher-weight must be in [0, 1] (got {args.teacher_weight})")
+    if not 0 <= args.teacher_blur < 0.5:
+        problems.append(f"--teacher-blur must be in [0, 0.5) (got {args.teacher_blur})")
     if not 0 <= args.ema_decay < 1:
         problems.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
     if args.resume and args.init_from:
@@ -332,7 +357,8 @@ class Trainer:
             self.val_set = self.val_set.subset(list(range(min(args.val_images,
                                                                len(self.val_set)))))
         n_train = (len(self.train_set.samples[1]) if self.train_set.samples is not None else
-                   len(self.train_set) * (args.fixations_per_image + args.non_fixations_per_image))
+                   len(self.train_set) * (args.fixations_per_image + args.non_fixations_per_image
+                                          + args.uniform_locations_per_image))
         if args.batch_size > n_train:
             raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
                              f"{n_train} training samples per epoch; use a smaller batch")
@@ -386,6 +412,7 @@ class Trainer:
                                    if args.positives == "fixation-points"
                                    and self.train_set.samples is None
                                    else None)
+        self.teacher_maps = self.teacher_predictions() if args.teacher else None
         val_generator = torch.Generator().manual_seed(12345)
         self.val_locations = (dataset.sample_locations(self.val_set.maps, val_generator)
                               if len(self.val_set) else None)
@@ -430,6 +457,36 @@ class Trainer:
         return self.run_dir / name
 
     # ------------------------------------------------------------------ training
+    def teacher_predictions(self):
+        """Mean dense map of the --teacher checkpoints over the training images, blurred by
+        --teacher-blur: float [N, S, S] fixation probabilities (S = 200 with blur, else 50)."""
+        args = self.args
+        if self.train_set.samples is not None:
+            raise SystemExit("error: --teacher needs whole training images (the MIT1003 "
+                             "layout), not the coursework's pre-cut crops")
+        total = None
+        for path in args.teacher:
+            try:
+                teacher = model_from_checkpoint(load_checkpoint(path), path).to(self.device)
+            except CheckpointError as error:
+                raise SystemExit(f"error: {error}")
+            maps = torch.stack(predict_maps(teacher, self.train_set,
+                                                      precision=self.precision))
+            total = maps if total is None else total + maps
+            print(f"teacher {path}: dense maps of {len(maps)} training images", flush=True)
+        mean = total / len(args.teacher)
+        if args.teacher_blur > 0:
+            mean = torch.stack([blur_map(m, args.teacher_blur) for m in mean])
+        return mean
+
+    def draw_locations(self, generator):
+        """dataset.sample_locations over the training maps with this run's settings."""
+        args = self.args
+        return dataset.sample_locations(
+            self.train_set.maps, generator, args.fixations_per_image,
+            args.non_fixations_per_image, self.negative_weights, self.positive_locations,
+            args.fixation_threshold, args.uniform_locations_per_image, args.labels == "map")
+
     def epoch_samples(self):
         """(image index, relative location, label, flip, colour factors [M, 3] or None) for one
         epoch, shuffled, moved to the device once per epoch (for the coursework's pre-cut
@@ -440,16 +497,14 @@ class Trainer:
             index, rel = torch.arange(len(labels)), None
         elif self.args.freeze_locations:
             if self.frozen_locations is None:  # from the seed alone, so a resumed run has them
-                self.frozen_locations = dataset.sample_locations(
-                    self.train_set.maps, torch.Generator().manual_seed(self.args.seed),
-                    self.args.fixations_per_image, self.args.non_fixations_per_image,
-                    self.negative_weights, self.positive_locations, self.args.fixation_threshold)
+                self.frozen_locations = self.draw_locations(
+                    torch.Generator().manual_seed(self.args.seed))
             index, rel, labels = self.frozen_locations
         else:
-            index, rel, labels = dataset.sample_locations(
-                self.train_set.maps, self.generator, self.args.fixations_per_image,
-                self.args.non_fixations_per_image, self.negative_weights,
-                self.positive_locations, self.args.fixation_threshold)
+            index, rel, labels = self.draw_locations(self.generator)
+        if self.teacher_maps is not None and rel is not None:
+            w = self.args.teacher_weight
+            labels = w * sample_maps(self.teacher_maps, index, rel) + (1 - w) * labels
         order = torch.randperm(len(labels), generator=self.generator)
         flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
         jitter = None

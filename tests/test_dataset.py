@@ -72,6 +72,23 @@ def test_a_lower_fixation_threshold_widens_the_positives():
         assert values[label == 1].min() == lowest and (values[label == 0] < 26).all()
 
 
+def test_map_labels_are_the_fixation_map_values_at_every_drawn_location():
+    maps = torch.zeros(2, 40, 40, dtype=torch.uint8)
+    maps[:, 5:10, 5:10] = 255
+    maps[:, 20:30, 20:30] = 140
+    index, rel, label = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 20,
+                                                 n_uniform=400, map_labels=True)
+    assert len(label) == 2 * 430
+    pixel = (rel * 40).floor().long()
+    values = maps[index, pixel[:, 0], pixel[:, 1]].float() / 255
+    torch.testing.assert_close(label, values)
+    assert (label[:10] == 1).all() and (label[10:30] == 0).all()  # peaks, then non-fixations
+    uniform = label[30:430]
+    assert (uniform == 0).any() and (uniform == 1).any() and (uniform == 140 / 255).any()
+    with pytest.raises(ValueError, match="map_labels"):
+        dataset.sample_locations(maps, torch.Generator(), n_uniform=5)
+
+
 def test_centre_matched_negatives_follow_where_fixations_fall_in_other_images():
     rng = np.random.default_rng(0)
     maps = torch.zeros(40, 60, 60, dtype=torch.uint8)

@@ -1,8 +1,10 @@
 """Dense inference: the fully convolutional mode agrees with scoring every crop."""
 import numpy as np
+import pytest
 import torch
 
 import dataset
+import inference
 from inference import saliency_grid
 from MrCNN import MrCNN
 from MrCNNs import MrCNNs
@@ -40,3 +42,20 @@ def test_scale_400_path_is_exact_for_the_50x50_grid():
     scales = random_scenes(1)
     torch.testing.assert_close(saliency_grid(model, scales, "fcn", phases=1),
                                saliency_grid(model, scales, "crops"), atol=1e-5, rtol=1e-4)
+
+
+def test_sample_maps_is_bilinear_between_grid_centres_and_exact_on_them():
+    maps = torch.stack([torch.arange(16.).view(4, 4), -torch.arange(16.).view(4, 4)])
+    rel = torch.tensor([[0.125, 0.375], [0.625, 0.125], [0.25, 0.25], [0.5, 0.5]])
+    values = inference.sample_maps(maps, torch.tensor([0, 0, 0, 1]), rel)
+    torch.testing.assert_close(values, torch.tensor([1.0, 8.0, 2.5, -7.5]))
+
+
+def test_blur_map_keeps_the_mean_and_range_and_spreads_a_peak():
+    grid = torch.zeros(50, 50)
+    grid[25, 25] = 1.0
+    sharp, blurred = inference.blur_map(grid, 0.0), inference.blur_map(grid, 0.03)
+    assert sharp.shape == blurred.shape == (200, 200)
+    assert blurred.max() < sharp.max() and blurred.min() >= 0
+    assert float(blurred.sum()) == pytest.approx(float(sharp.sum()), rel=1e-3)
+    assert (blurred > 0.5 * blurred.max()).sum() > (sharp > 0.5 * sharp.max()).sum()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dataset
+import inference
 import main
 from checkpoints import load_checkpoint
 from conftest import ROOT
@@ -128,6 +129,37 @@ def test_colour_jitter_reaches_the_training_batches_within_its_range(tmp_path, s
     assert not torch.allclose(jittered, plain)
 
 
+def test_map_labels_and_uniform_locations_reach_the_training_targets(tmp_path, small_synthetic):
+    trainer = main.Trainer(make_args(tmp_path, "--labels", "map", "--fixations-per-image", "4",
+                                     "--non-fixations-per-image", "4",
+                                     "--uniform-locations-per-image", "8"))
+    index, rel, labels, flip, jitter = trainer.epoch_samples()
+    assert len(labels) == 16 * len(trainer.train_set)
+    maps = trainer.train_set.maps
+    pixel = (rel.cpu() * torch.tensor(maps.shape[1:])).floor().long()
+    expected = maps[index.cpu(), pixel[:, 0], pixel[:, 1]].float() / 255
+    torch.testing.assert_close(labels.cpu(), expected)
+    assert ((labels > 0.1) & (labels < 0.9)).any()  # graded targets, not just 0 / 1
+
+
+def test_a_teacher_turns_its_dense_maps_into_the_training_targets(tmp_path, small_synthetic):
+    shipped = str(ROOT / "checkpoint" / "pretrained" / "MrCNN.pth")
+    trainer = main.Trainer(make_args(tmp_path, "--teacher", shipped, "--teacher", shipped,
+                                     "--teacher-weight", "0.75", "--no-flip",
+                                     "--precision", "fp32"))
+    teacher = main.model_from_checkpoint(load_checkpoint(shipped))
+    index, rel, labels, _, _ = trainer.epoch_samples()
+    first = (index == index[0]).nonzero().squeeze(1)[:5]
+    one_image = [s[index[0]:index[0] + 1] for s in trainer.train_set.scales]
+    grid = inference.saliency_grid(teacher, one_image, precision=trainer.precision)[0]
+    teacher_values = inference.sample_maps(grid[None], torch.zeros(5, dtype=torch.long),
+                                           rel[first].cpu())
+    mixed = labels[first].cpu()
+    hard = (mixed - 0.75 * teacher_values) / 0.25  # the 0 / 1 labels the teacher is mixed with
+    torch.testing.assert_close(hard, hard.round(), atol=1e-3, rtol=0)
+    assert not torch.allclose(mixed, mixed.round())
+
+
 def run_main(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
@@ -151,6 +183,9 @@ def test_default_command_trains_on_synthetic_data_and_writes_logs_and_checkpoint
     (["--fixation-threshold", "0.05"], "--fixation-threshold must be in [0.1, 1)"),
     (["--resume", "a.pth", "--init-from", "b.pth"], "exclude each other"),
     (["--init-from", "missing.pth"], "missing.pth does not exist"),
+    (["--uniform-locations-per-image", "5"], "needs --labels map"),
+    (["--teacher", "missing.pth"], "missing.pth does not exist"),
+    (["--teacher-weight", "2"], "--teacher-weight must be in [0, 1]"),
 ])
 def test_bad_arguments_exit_with_one_clear_line(tmp_path, args, message):
     result = run_main(tmp_path, *args)
