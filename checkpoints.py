@@ -88,7 +88,11 @@ def command_line(args):
         if (key in defaults and value != defaults[key]
                 and key not in ("model", "resume", "worker_count")):
             flag = "--" + key.replace("_", "-")
-            words += [flag] if value is True else [flag, str(value)]
+            if value is True:
+                words.append(flag)
+            else:  # a list comes from a repeatable flag (--teacher A --teacher B)
+                for item in value if isinstance(value, list) else [value]:
+                    words += [flag, str(item)]
     return " ".join(words)
 
 

@@ -470,8 +470,7 @@ class Trainer:
                 teacher = model_from_checkpoint(load_checkpoint(path), path).to(self.device)
             except CheckpointError as error:
                 raise SystemExit(f"error: {error}")
-            maps = torch.stack(predict_maps(teacher, self.train_set,
-                                                      precision=self.precision))
+            maps = torch.stack(predict_maps(teacher, self.train_set, precision=self.precision))
             total = maps if total is None else total + maps
             print(f"teacher {path}: dense maps of {len(maps)} training images", flush=True)
         mean = total / len(args.teacher)

@@ -101,7 +101,8 @@ def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp
     torch.manual_seed(0)
     model = MrCNN().eval()
     args = vars(main.parse_args(["--data-dir", "data/MIT1003", "--epochs", "30",
-                                 "--ema-decay", "0.998", "--no-flip", "-j", "7"]))
+                                 "--ema-decay", "0.998", "--no-flip", "-j", "7",
+                                 "--teacher", "a.pth", "--teacher", "b.pth"]))
     source, destination = tmp_path / "best.pth", tmp_path / "shipped" / "MrCNN.pth"
     checkpoints.save_checkpoint({"model": "MrCNN", "model_state": model.state_dict(),
                                  "train_model_state": model.state_dict(), "args": args,
@@ -109,7 +110,7 @@ def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp
     assert checkpoints.main(["ship", str(source), str(destination), "--note", "CPU, bf16"]) == 0
     state = load_checkpoint(destination)  # weights_only=True
     assert state["command"] == ("python main.py --model MrCNN --data-dir data/MIT1003 --epochs "
-                                "30 --ema-decay 0.998 --no-flip")
+                                "30 --ema-decay 0.998 --teacher a.pth --teacher b.pth --no-flip")
     assert state["training_note"] == "CPU, bf16" and state["epoch"] == 12
     assert not {"optimizer_state", "train_model_state"} & set(state)
     assert state["model_state"]["fusion.out.weight"].dtype == torch.float16
