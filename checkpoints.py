@@ -96,11 +96,16 @@ def command_line(args):
     return " ".join(words)
 
 
+NORMALISATION_BUFFERS = ("input_mean", "input_std")
+
+
 def shipped_state(state, note):
     """A training checkpoint dict -> the dict to ship: weights as fp16 (half the size), no
     optimiser, scheduler, RNG or raw EMA state, plus ``command`` and ``training_note``."""
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
-    shipped["model_state"] = {name: value.half() if value.is_floating_point() else value
+    # the normalisation buffers stay fp32: 6 numbers, and test.py's inputs depend on them
+    shipped["model_state"] = {name: value.half() if value.is_floating_point()
+                              and name not in NORMALISATION_BUFFERS else value
                               for name, value in state["model_state"].items()}
     shipped["command"] = command_line(state["args"])
     shipped["training_note"] = note

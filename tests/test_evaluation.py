@@ -31,6 +31,18 @@ def test_shipped_checkpoint_metadata_and_forward_pass(name, n_parameters):
     assert probability.shape == (4,) and ((probability > 0) & (probability < 1)).all()
 
 
+def test_shipped_mrcnn_names_teachers_that_ship_with_it():
+    """The shipped MrCNN was distilled from other checkpoints: its command must stay runnable."""
+    state = load_checkpoint(PRETRAINED / "MrCNN.pth")
+    words = state["command"].split()
+    named = [words[i + 1] for i, word in enumerate(words) if word in ("--teacher", "--init-from")]
+    assert named, state["command"]
+    for path in named:
+        assert (ROOT / path).resolve() != (PRETRAINED / "MrCNN.pth").resolve(), path
+        teacher = load_checkpoint(ROOT / path)
+        assert teacher["model"] in ("MrCNN", "MrCNNs") and "command" in teacher
+
+
 def run_test_py(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "test.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
@@ -114,6 +126,7 @@ def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp
     assert state["training_note"] == "CPU, bf16" and state["epoch"] == 12
     assert not {"optimizer_state", "train_model_state"} & set(state)
     assert state["model_state"]["fusion.out.weight"].dtype == torch.float16
+    assert state["model_state"]["input_mean"].dtype == torch.float32
     assert destination.stat().st_size < 0.6 * source.stat().st_size
     crops = torch.rand(8, 3, 3, 42, 42)
     shipped = model_from_checkpoint(state, destination).eval()
