@@ -1,4 +1,5 @@
-"""Plot train loss and val sAUC per epoch of the runs in docs/gpu_training_logs.txt.
+"""Plot train loss and val sAUC per epoch of runs in docs/gpu_training_logs.txt and
+docs/cpu_training_logs.txt.
 
     python docs/plot_training_curves.py   # writes docs/training_curves.png
 """
@@ -11,7 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-RUNS = ("mrcnn_adam", "mrcnn_sgd", "mrcnn_adam_wd1e3", "mrcnns_adam", "mrcnns_sgd")
+RUNS = {"gpu_training_logs.txt": ("mrcnn_adam", "mrcnn_sgd", "mrcnn_adam_wd1e3", "mrcnns_adam",
+                                  "mrcnns_sgd"),
+        "cpu_training_logs.txt": ("cpu_mrcnn_distil_blur", "cpu_mrcnn_distil_ft")}
+LABELS = {"mrcnn_adam_wd1e3": "mrcnn_adam_wd1e3 (teacher)",
+          "mrcnns_adam": "mrcnns_adam (shipped MrCNNs, teacher)",
+          "cpu_mrcnn_distil_ft": "cpu_mrcnn_distil_ft (shipped MrCNN; starts from the teacher)"}
 LINE = re.compile(r"epoch (\d+)/\d+: loss ([\d.]+) .*sAUC ([\d.]+)")
 
 
@@ -20,7 +26,10 @@ def read_runs(path):
     runs, current = {}, None
     for line in path.read_text().splitlines():
         if line.startswith("==="):
-            current = Path(line.split()[-1]).stem
+            words = line.split()
+            # GPU logs name the log file, CPU logs give the command with --run-name
+            current = (words[words.index("--run-name") + 1] if "--run-name" in words
+                       else Path(words[-1]).stem)
             runs[current] = []
         elif current and (match := LINE.search(line)):
             runs[current].append((int(match[1]), float(match[2]), float(match[3])))
@@ -28,13 +37,16 @@ def read_runs(path):
 
 
 def main():
-    runs = read_runs(HERE / "gpu_training_logs.txt")
     fig, (loss_ax, sauc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in RUNS:
-        epochs, losses, saucs = zip(*runs[name])
-        loss_ax.plot(epochs, losses, label=name)
-        sauc_ax.plot(epochs, saucs, label=name)
-    loss_ax.set(xlabel="epoch", ylabel="train loss (BCE)", title="training loss")
+    for log_name, names in RUNS.items():
+        runs = read_runs(HERE / log_name)
+        for name in names:
+            epochs, losses, saucs = zip(*runs[name])
+            style = "--" if log_name.startswith("cpu") else "-"
+            loss_ax.plot(epochs, losses, style, label=LABELS.get(name, name))
+            sauc_ax.plot(epochs, saucs, style, label=LABELS.get(name, name))
+    loss_ax.set(xlabel="epoch", ylabel="train loss (BCE; soft targets for distil runs)",
+                title="training loss")
     sauc_ax.set(xlabel="epoch", ylabel="val shuffled AUC", title="validation sAUC (100 images)")
     sauc_ax.axhline(0.719, color="grey", linestyle="--", label="paper (0.719)")
     sauc_ax.legend(fontsize=8)

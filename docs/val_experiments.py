@@ -2,7 +2,8 @@
 
     python docs/val_experiments.py --data-dir ../shared/data/MIT1003
 
-For the shipped MrCNN and MrCNNs, raw maps (fcn, bf16) scored as test.py scores them:
+For the MrCNN trained with binary labels (shipped until the distilled one replaced it, now
+checkpoint/pretrained/teachers/MrCNN.pth) and the shipped MrCNNs, raw maps (fcn, bf16) scored as test.py scores them:
 the 50x50 grid, flip test-time augmentation, a 100x100 grid, monotone transforms of the
 map (shuffled AUC thresholds the min-max scaled map in steps of 0.1, so it is not rank
 invariant), the post-processing's blur alone at several sigmas, and the average of the
@@ -50,8 +51,8 @@ def main():
     transforms = {"sqrt": torch.sqrt,
                   "logit": lambda p: torch.logit(p.double().clamp(1e-12, 1 - 1e-12)).float()}
     plain = {}
-    for name in ("MrCNN", "MrCNNs"):
-        path = PRETRAINED / f"{name}.pth"
+    for name, path in (("MrCNN", PRETRAINED / "teachers" / "MrCNN.pth"),
+                       ("MrCNNs", PRETRAINED / "MrCNNs.pth")):
         model = model_from_checkpoint(load_checkpoint(path), path).eval()
         plain[name] = dense_maps(model, data)
         rows = {"50x50": plain[name], "50x50 + flip": dense_maps(model, data, flip=True),
