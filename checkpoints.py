@@ -96,16 +96,14 @@ def command_line(args):
     return " ".join(words)
 
 
-NORMALISATION_BUFFERS = ("input_mean", "input_std")
-
-
 def shipped_state(state, note):
-    """A training checkpoint dict -> the dict to ship: weights as fp16 (half the size), no
-    optimiser, scheduler, RNG or raw EMA state, plus ``command`` and ``training_note``."""
+    """A training checkpoint dict -> the dict to ship: parameters as fp16 (half the size;
+    buffers such as the input normalisation stay as they are), no optimiser, scheduler, RNG
+    or raw EMA state, plus ``command`` and ``training_note``."""
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
-    # the normalisation buffers stay fp32: 6 numbers, and test.py's inputs depend on them
-    shipped["model_state"] = {name: value.half() if value.is_floating_point()
-                              and name not in NORMALISATION_BUFFERS else value
+    parameters = {name for name, _ in build_model(state["model"], **state.get(
+        "model_options", {})).named_parameters()}
+    shipped["model_state"] = {name: value.half() if name in parameters else value
                               for name, value in state["model_state"].items()}
     shipped["command"] = command_line(state["args"])
     shipped["training_note"] = note

@@ -3,8 +3,8 @@
     python docs/val_experiments.py --data-dir ../shared/data/MIT1003
 
 For the MrCNN trained with binary labels (shipped until the distilled one replaced it, now
-checkpoint/pretrained/teachers/MrCNN.pth) and the shipped MrCNNs, raw maps (fcn, bf16) scored as test.py scores them:
-the 50x50 grid, flip test-time augmentation, a 100x100 grid, monotone transforms of the
+checkpoint/pretrained/teachers/MrCNN.pth) and the shipped MrCNNs, raw maps (fcn, bf16)
+scored as test.py scores them: the 50x50 grid, flip test-time augmentation, a 100x100 grid, monotone transforms of the
 map (shuffled AUC thresholds the min-max scaled map in steps of 0.1, so it is not rank
 invariant), the post-processing's blur alone at several sigmas, and the average of the
 two models.
