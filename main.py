@@ -11,6 +11,7 @@ checkpoint/<run>/.
 """
 import argparse
 import copy
+import hashlib
 import math
 import os
 import random
@@ -34,6 +35,7 @@ from MrCNN import build_model
 DEFAULT_DATA_DIR = "data/MIT1003"
 SYNTHETIC_SIZES = {"train": 64, "val": 16}
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TEACHER_CACHE_VERSION = 1  # bump when predict_maps changes what it returns
 
 
 def parse_args(argv=None):
@@ -466,17 +468,48 @@ class Trainer:
                              "layout), not the coursework's pre-cut crops")
         total = None
         for path in args.teacher:
-            try:
-                teacher = model_from_checkpoint(load_checkpoint(path), path).to(self.device)
-            except CheckpointError as error:
-                raise SystemExit(f"error: {error}")
-            maps = torch.stack(predict_maps(teacher, self.train_set, precision=self.precision))
+            maps = self.teacher_maps_of(path)
             total = maps if total is None else total + maps
-            print(f"teacher {path}: dense maps of {len(maps)} training images", flush=True)
         mean = total / len(args.teacher)
         if args.teacher_blur > 0:
             mean = torch.stack([blur_map(m, args.teacher_blur) for m in mean])
         return mean
+
+    def teacher_maps_of(self, path):
+        """One teacher's dense maps of the training images, float [N, 50, 50] probabilities.
+
+        Computing them takes minutes on a CPU, so they are kept in <cache-dir>/teacher_maps/,
+        keyed by the teacher file's bytes, the training images and the precision: a later run
+        with the same teacher reads them back (a file that fails to load is recomputed)."""
+        try:
+            digest = hashlib.sha1(Path(path).read_bytes())
+        except OSError:
+            digest = None  # load_checkpoint below says what is wrong with the file
+        if digest is not None:
+            digest.update(f"{TEACHER_CACHE_VERSION} {self.device.type} {self.precision} "
+                          f"{self.train_set.names}".encode())
+            for scale in self.train_set.scales:
+                digest.update(scale.numpy().tobytes())
+            cached = Path(self.args.cache_dir) / "teacher_maps" / f"{digest.hexdigest()[:20]}.pt"
+            try:
+                maps = torch.load(cached, weights_only=True)
+                if maps.shape[0] == len(self.train_set):
+                    print(f"teacher {path}: dense maps read from {cached}", flush=True)
+                    return maps
+            except Exception:  # absent, or an unreadable file: compute the maps again
+                pass
+        try:
+            teacher = model_from_checkpoint(load_checkpoint(path), path).to(self.device)
+        except CheckpointError as error:
+            raise SystemExit(f"error: {error}")
+        maps = torch.stack(predict_maps(teacher, self.train_set, precision=self.precision)).cpu()
+        print(f"teacher {path}: dense maps of {len(maps)} training images", flush=True)
+        if digest is not None:
+            try:
+                save_checkpoint(maps, cached)
+            except OSError as error:
+                warnings.warn(f"could not cache teacher maps in {cached}: {error}")
+        return maps
 
     def draw_locations(self, generator):
         """dataset.sample_locations over the training maps with this run's settings."""

@@ -160,6 +160,23 @@ def test_a_teacher_turns_its_dense_maps_into_the_training_targets(tmp_path, smal
     assert not torch.allclose(mixed, mixed.round())
 
 
+def test_teacher_maps_are_cached_and_an_unreadable_cache_file_is_recomputed(tmp_path,
+                                                                           small_synthetic):
+    shipped = str(ROOT / "checkpoint" / "pretrained" / "MrCNNs.pth")
+    flags = ("--teacher", shipped, "--precision", "fp32")
+    first = main.Trainer(make_args(tmp_path, *flags)).teacher_maps
+    [cached] = (tmp_path / "cache" / "teacher_maps").glob("*.pt")
+    torch.testing.assert_close(torch.load(cached, weights_only=True), first)
+
+    torch.save(torch.full_like(first, 0.25), cached)  # a stand-in that only the cache can give
+    assert torch.equal(main.Trainer(make_args(tmp_path, *flags)).teacher_maps,
+                       torch.full_like(first, 0.25))
+
+    cached.write_bytes(b"not a tensor")
+    torch.testing.assert_close(main.Trainer(make_args(tmp_path, *flags)).teacher_maps, first)
+    torch.testing.assert_close(torch.load(cached, weights_only=True), first)
+
+
 def run_main(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
