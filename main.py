@@ -114,6 +114,9 @@ def parse_args(argv=None):
     parser.add_argument("--teacher-blur", type=float, default=0.0,
                         help="with --teacher: Gaussian blur of the teachers' maps, sigma as a "
                              "fraction of the image size (0: none)")
+    parser.add_argument("--location-jitter", type=float, default=0.0, metavar="S",
+                        help="cut each training crop at a location moved by a Gaussian of std S "
+                        "(fraction of the image size) from the one whose label it learns")
     parser.add_argument("--freeze-locations", action="store_true",
                         help="draw the training locations once instead of every epoch")
     parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
@@ -158,6 +161,8 @@ def check_args(args):
                         "location is neither a fixation nor a non-fixation")
     if not 0 <= args.teacher_weight <= 1:
         problems.append(f"--teacher-weight must be in [0, 1] (got {args.teacher_weight})")
+    if not 0 <= args.location_jitter < 0.5:
+        problems.append(f"--location-jitter must be in [0, 0.5) (got {args.location_jitter})")
     if not 0 <= args.teacher_blur < 0.5:
         problems.append(f"--teacher-blur must be in [0, 0.5) (got {args.teacher_blur})")
     if not 0 <= args.ema_decay < 1:
@@ -544,8 +549,15 @@ class Trainer:
             jitter = 1 + self.args.colour_jitter * (
                 2 * torch.rand(len(labels), 3, generator=self.generator) - 1)
             jitter = jitter.to(self.device)
+        if rel is not None:
+            rel = rel[order]
+            if self.args.location_jitter > 0:  # drawn last, so the other draws stay as they were
+                # label from the drawn location, crop from a nearby one: the model cannot tell
+                # locations a few pixels apart, which smooths its map
+                shift = torch.randn(rel.shape, generator=self.generator)
+                rel = (rel + self.args.location_jitter * shift).clamp(0, 1 - 1e-6)
         index_device = "cpu" if rel is None else self.device  # pre-cut crops stay in host memory
-        return (index[order].to(index_device), None if rel is None else rel[order].to(self.device),
+        return (index[order].to(index_device), None if rel is None else rel.to(self.device),
                 labels[order].to(self.device), flip.to(self.device), jitter)
 
     def batch_crops(self, index, rel, flip, jitter=None):

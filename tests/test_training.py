@@ -142,6 +142,20 @@ def test_map_labels_and_uniform_locations_reach_the_training_targets(tmp_path, s
     assert ((labels > 0.1) & (labels < 0.9)).any()  # graded targets, not just 0 / 1
 
 
+def test_location_jitter_moves_the_crops_and_keeps_the_labels(tmp_path, small_synthetic):
+    flags = ("--labels", "map", "--uniform-locations-per-image", "40")
+    plain = main.Trainer(make_args(tmp_path / "a", *flags)).epoch_samples()
+    jittered = main.Trainer(make_args(tmp_path / "b", *flags, "--location-jitter", "0.05")
+                            ).epoch_samples()
+    for name, k in (("index", 0), ("labels", 2), ("flip", 3)):
+        assert torch.equal(plain[k], jittered[k]), name
+    (rel, moved) = plain[1], jittered[1]
+    inside = ((rel > 0.2) & (rel < 0.8)).all(1)  # far from the clamped borders
+    shift = (moved - rel)[inside]
+    assert len(shift) > 500
+    assert 0.045 < shift.std().item() < 0.055 and abs(shift.mean().item()) < 0.005
+
+
 def test_a_teacher_turns_its_dense_maps_into_the_training_targets(tmp_path, small_synthetic):
     shipped = str(ROOT / "checkpoint" / "pretrained" / "MrCNN.pth")
     trainer = main.Trainer(make_args(tmp_path, "--teacher", shipped, "--teacher", shipped,
@@ -203,6 +217,7 @@ def test_default_command_trains_on_synthetic_data_and_writes_logs_and_checkpoint
     (["--uniform-locations-per-image", "5"], "needs --labels map"),
     (["--teacher", "missing.pth"], "missing.pth does not exist"),
     (["--teacher-weight", "2"], "--teacher-weight must be in [0, 1]"),
+    (["--location-jitter", "-0.1"], "--location-jitter must be in [0, 0.5)"),
 ])
 def test_bad_arguments_exit_with_one_clear_line(tmp_path, args, message):
     result = run_main(tmp_path, *args)
