@@ -8,6 +8,12 @@ scored as test.py scores them: the 50x50 grid, flip test-time augmentation, a 10
 map (shuffled AUC thresholds the min-max scaled map in steps of 0.1, so it is not rank
 invariant), the post-processing's blur alone at several sigmas, and the average of the
 two models.
+
+    python docs/val_experiments.py --data-dir ../shared/data/MIT1003 --checks teachers
+
+The distillation teachers instead: the blurred mean map of the two teachers (the target
+the shipped MrCNN was trained towards), with flip test-time augmentation, with the shipped
+MrCNN as a third member, and the shipped MrCNN blurred: how far a student could rise.
 """
 import argparse
 import sys
@@ -42,12 +48,41 @@ def dense_maps(model, data, grid_size=50, flip=False):
     return maps
 
 
+def teacher_checks(data, split):
+    """Print val scores of the teachers' blurred mean maps and of the shipped MrCNN blurred."""
+    paths = {"teacher MrCNN": PRETRAINED / "teachers" / "MrCNN.pth",
+             "MrCNNs": PRETRAINED / "MrCNNs.pth", "shipped MrCNN": PRETRAINED / "MrCNN.pth"}
+    maps = {}
+    for name, path in paths.items():
+        model = model_from_checkpoint(load_checkpoint(path), path).eval()
+        maps[name] = dense_maps(model, data)
+        maps[name + " + flip"] = dense_maps(model, data, flip=True)
+
+    def mean(names):
+        return [sum(group) / len(group) for group in zip(*(maps[n] for n in names))]
+
+    pair = ("teacher MrCNN", "MrCNNs")
+    rows = {"shipped MrCNN": maps["shipped MrCNN"],
+            "teachers' mean": mean(pair),
+            "teachers' mean + flip": mean([n + " + flip" for n in pair]),
+            "teachers' mean and shipped MrCNN": mean(pair + ("shipped MrCNN",))}
+    for label, grid_maps in rows.items():
+        for sigma in (0.0, 0.02, 0.03):
+            blurred = [post_process(m, sigma) for m in grid_maps] if sigma else grid_maps
+            print(f"{split} {label}, blur {sigma:.2f}: AUC-Judd %.4f sAUC %.4f"
+                  % score(blurred, data), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data/MIT1003")
     parser.add_argument("--split", default="val", choices=("val", "test"))
+    parser.add_argument("--checks", default="models", choices=("models", "teachers"),
+                        help="the two binary-label models, or the distillation teachers")
     args = parser.parse_args()
     data = dataset.load_mit(args.data_dir, args.split, ground_truth=True)
+    if args.checks == "teachers":
+        return teacher_checks(data, args.split)
     transforms = {"sqrt": torch.sqrt,
                   "logit": lambda p: torch.logit(p.double().clamp(1e-12, 1 - 1e-12)).float()}
     plain = {}
