@@ -484,8 +484,9 @@ class Trainer:
         """One teacher's dense maps of the training images, float [N, 50, 50] probabilities.
 
         Computing them takes minutes on a CPU, so they are kept in <cache-dir>/teacher_maps/,
-        keyed by the teacher file's bytes, the training images and the precision: a later run
-        with the same teacher reads them back (a file that fails to load is recomputed)."""
+        keyed by the teacher file's bytes, the training images, the device type and the
+        precision: a later run with the same teacher reads them back (a file that fails to
+        load is recomputed)."""
         try:
             digest = hashlib.sha1(Path(path).read_bytes())
         except OSError:
@@ -494,7 +495,7 @@ class Trainer:
             digest.update(f"{TEACHER_CACHE_VERSION} {self.device.type} {self.precision} "
                           f"{self.train_set.names}".encode())
             for scale in self.train_set.scales:
-                digest.update(scale.numpy().tobytes())
+                digest.update(np.ascontiguousarray(scale.numpy()))  # no copy if contiguous
             cached = Path(self.args.cache_dir) / "teacher_maps" / f"{digest.hexdigest()[:20]}.pt"
             try:
                 maps = torch.load(cached, weights_only=True)
@@ -694,7 +695,7 @@ class Trainer:
         try:
             print(f"run {self.run_name}: {args.model} on {self.data_description} "
                   f"({len(self.train_set)} train / {len(self.val_set)} val images), "
-                  f"{self.device} {self.precision}; checkpoints in {self.run_dir}")
+                  f"{self.device} {self.precision}; checkpoints in {self.run_dir}", flush=True)
             epochs = tqdm(range(self.epoch, args.epochs), desc="training", unit="epoch",
                           disable=not progress, initial=self.epoch, total=args.epochs)
             for _ in epochs:
@@ -715,7 +716,9 @@ class Trainer:
                         self.save("best.pth")
                 if self.epoch % args.checkpoint_frequency == 0:
                     self.save(f"epoch_{self.epoch}.pth")
-                tqdm.write(line) if progress else print(line)
+                # flushed: with stdout redirected to a file, a line would otherwise wait
+                # in the buffer for hours (and land after later stderr messages)
+                tqdm.write(line) if progress else print(line, flush=True)
                 if self.stop_requested:  # the signal came during validation or saving
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
