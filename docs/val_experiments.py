@@ -49,7 +49,7 @@ def dense_maps(model, data, grid_size=50, flip=False):
 
 
 def teacher_checks(data, split):
-    """Print val scores of the teachers' blurred mean maps and of the shipped MrCNN blurred."""
+    """Print the split's scores of the teachers' blurred mean maps and of the shipped MrCNN."""
     paths = {"teacher MrCNN": PRETRAINED / "teachers" / "MrCNN.pth",
              "MrCNNs": PRETRAINED / "MrCNNs.pth", "shipped MrCNN": PRETRAINED / "MrCNN.pth"}
     maps = {}

@@ -190,6 +190,11 @@ def test_teacher_maps_are_cached_and_an_unreadable_cache_file_is_recomputed(tmp_
     torch.testing.assert_close(main.Trainer(make_args(tmp_path, *flags)).teacher_maps, first)
     torch.testing.assert_close(torch.load(cached, weights_only=True), first)
 
+    other = str(ROOT / "checkpoint" / "pretrained" / "MrCNN.pth")  # another teacher, own entry
+    other_maps = main.Trainer(make_args(tmp_path, "--teacher", other, "--precision", "fp32")
+                              ).teacher_maps
+    assert len(list(cached.parent.glob("*.pt"))) == 2 and not torch.allclose(other_maps, first)
+
 
 def run_main(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path,
