@@ -161,10 +161,10 @@ def check_args(args):
                         "location is neither a fixation nor a non-fixation")
     if not 0 <= args.teacher_weight <= 1:
         problems.append(f"--teacher-weight must be in [0, 1] (got {args.teacher_weight})")
-    if not 0 <= args.location_jitter < 0.5:
-        problems.append(f"--location-jitter must be in [0, 0.5) (got {args.location_jitter})")
     if not 0 <= args.teacher_blur < 0.5:
         problems.append(f"--teacher-blur must be in [0, 0.5) (got {args.teacher_blur})")
+    if not 0 <= args.location_jitter < 0.5:
+        problems.append(f"--location-jitter must be in [0, 0.5) (got {args.location_jitter})")
     if not 0 <= args.ema_decay < 1:
         problems.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
     if args.resume and args.init_from:
@@ -471,46 +471,45 @@ class Trainer:
         if self.train_set.samples is not None:
             raise SystemExit("error: --teacher needs whole training images (the MIT1003 "
                              "layout), not the coursework's pre-cut crops")
+        # the cache key of every teacher's maps starts from the same training images
+        images = hashlib.sha1(f"{TEACHER_CACHE_VERSION} {self.device.type} {self.precision} "
+                              f"{self.train_set.names}".encode())
+        for scale in self.train_set.scales:
+            images.update(np.ascontiguousarray(scale.numpy()))  # no copy if contiguous
         total = None
         for path in args.teacher:
-            maps = self.teacher_maps_of(path)
+            maps = self.teacher_maps_of(path, images)
             total = maps if total is None else total + maps
         mean = total / len(args.teacher)
         if args.teacher_blur > 0:
             mean = torch.stack([blur_map(m, args.teacher_blur) for m in mean])
         return mean
 
-    def teacher_maps_of(self, path):
+    def teacher_maps_of(self, path, images_digest):
         """One teacher's dense maps of the training images, float [N, 50, 50] probabilities.
 
         Computing them takes minutes on a CPU, so they are kept in <cache-dir>/teacher_maps/,
-        keyed by the teacher file's bytes, the training images, the device type and the
-        precision: a later run with the same teacher reads them back (a file that fails to
-        load is recomputed)."""
+        keyed by ``images_digest`` (a hashlib object over the training images, the device type
+        and the precision) and the teacher file's bytes: a later run with the same teacher
+        reads them back (a file that fails to load is recomputed)."""
+        cached = None
         try:
-            digest = hashlib.sha1(Path(path).read_bytes())
-        except OSError:
-            digest = None  # load_checkpoint below says what is wrong with the file
-        if digest is not None:
-            digest.update(f"{TEACHER_CACHE_VERSION} {self.device.type} {self.precision} "
-                          f"{self.train_set.names}".encode())
-            for scale in self.train_set.scales:
-                digest.update(np.ascontiguousarray(scale.numpy()))  # no copy if contiguous
+            digest = images_digest.copy()
+            digest.update(Path(path).read_bytes())
             cached = Path(self.args.cache_dir) / "teacher_maps" / f"{digest.hexdigest()[:20]}.pt"
-            try:
-                maps = torch.load(cached, weights_only=True)
-                if maps.shape[0] == len(self.train_set):
-                    print(f"teacher {path}: dense maps read from {cached}", flush=True)
-                    return maps
-            except Exception:  # absent, or an unreadable file: compute the maps again
-                pass
+            maps = torch.load(cached, weights_only=True)
+            if maps.shape[0] == len(self.train_set):
+                print(f"teacher {path}: dense maps read from {cached}", flush=True)
+                return maps
+        except Exception:  # not cached yet, an unreadable cache file, or an unreadable teacher
+            pass           # file (load_checkpoint below says what is wrong with it)
         try:
             teacher = model_from_checkpoint(load_checkpoint(path), path).to(self.device)
         except CheckpointError as error:
             raise SystemExit(f"error: {error}")
         maps = torch.stack(predict_maps(teacher, self.train_set, precision=self.precision)).cpu()
         print(f"teacher {path}: dense maps of {len(maps)} training images", flush=True)
-        if digest is not None:
+        if cached is not None:
             try:
                 save_checkpoint(maps, cached)
             except OSError as error:

@@ -4,10 +4,10 @@
 
 For the MrCNN trained with binary labels (shipped until the distilled one replaced it, now
 checkpoint/pretrained/teachers/MrCNN.pth) and the shipped MrCNNs, raw maps (fcn, bf16)
-scored as test.py scores them: the 50x50 grid, flip test-time augmentation, a 100x100 grid, monotone transforms of the
-map (shuffled AUC thresholds the min-max scaled map in steps of 0.1, so it is not rank
-invariant), the post-processing's blur alone at several sigmas, and the average of the
-two models.
+scored as test.py scores them: the 50x50 grid, flip test-time augmentation, a 100x100
+grid, monotone transforms of the map (shuffled AUC thresholds the min-max scaled map in
+steps of 0.1, so it is not rank invariant), the post-processing's blur alone at several
+sigmas, and the average of the two models.
 
     python docs/val_experiments.py --data-dir ../shared/data/MIT1003 --checks teachers
 
@@ -38,14 +38,16 @@ def score(maps, data):
     return means["auc_judd"], means["auc_shuffled"]
 
 
-def dense_maps(model, data, grid_size=50, flip=False):
-    """Grid maps of every image; with ``flip``, averaged with the map of the mirrored image."""
-    maps = predict_maps(model, data, "fcn", "bf16", grid_size)
-    if flip:
-        mirrored = replace(data, scales=[s.flip(-1) for s in data.scales])
-        maps = [0.5 * (m + r.flip(-1))
-                for m, r in zip(maps, predict_maps(model, mirrored, "fcn", "bf16", grid_size))]
-    return maps
+def dense_maps(model, data, grid_size=50):
+    """Grid maps of every image (fcn, bf16)."""
+    return predict_maps(model, data, "fcn", "bf16", grid_size)
+
+
+def with_flip(model, data, maps):
+    """Flip test-time augmentation: ``maps`` (dense_maps of data) averaged with the maps of
+    the mirrored images, mirrored back."""
+    mirrored = dense_maps(model, replace(data, scales=[s.flip(-1) for s in data.scales]))
+    return [0.5 * (m + r.flip(-1)) for m, r in zip(maps, mirrored)]
 
 
 def teacher_checks(data, split):
@@ -56,7 +58,8 @@ def teacher_checks(data, split):
     for name, path in paths.items():
         model = model_from_checkpoint(load_checkpoint(path), path).eval()
         maps[name] = dense_maps(model, data)
-        maps[name + " + flip"] = dense_maps(model, data, flip=True)
+        if name != "shipped MrCNN":
+            maps[name + " + flip"] = with_flip(model, data, maps[name])
 
     def mean(names):
         return [sum(group) / len(group) for group in zip(*(maps[n] for n in names))]
@@ -90,7 +93,7 @@ def main():
                        ("MrCNNs", PRETRAINED / "MrCNNs.pth")):
         model = model_from_checkpoint(load_checkpoint(path), path).eval()
         plain[name] = dense_maps(model, data)
-        rows = {"50x50": plain[name], "50x50 + flip": dense_maps(model, data, flip=True),
+        rows = {"50x50": plain[name], "50x50 + flip": with_flip(model, data, plain[name]),
                 "100x100": dense_maps(model, data, grid_size=100)}
         rows.update({f"50x50, {label}": [f(m) for m in plain[name]]
                      for label, f in transforms.items()})
