@@ -14,6 +14,12 @@ sigmas, and the average of the two models.
 The distillation teachers instead: the blurred mean map of the two teachers (the target
 the shipped MrCNN was trained towards), with flip test-time augmentation, with the shipped
 MrCNN as a third member, and the shipped MrCNN blurred: how far a student could rise.
+
+    python docs/val_experiments.py --data-dir ../shared/data/MIT1003 --checks ensemble \
+        --member A.pth --member B.pth ... --student S.pth ...
+
+Any ensemble: each member raw, the members' mean map raw and blurred, each student raw and
+blurred (RESULTS.md, seventh session: the GPU-trained teachers and students).
 """
 import argparse
 import sys
@@ -76,16 +82,41 @@ def teacher_checks(data, split):
                   % score(blurred, data), flush=True)
 
 
+def ensemble_checks(data, split, members, students):
+    """Print the split's scores of each ensemble member (raw), of the members' mean map (raw
+    and blurred) and of each of ``students`` (raw and blurred)."""
+    rows, member_maps = {}, []
+    for path in members + students:
+        model = model_from_checkpoint(load_checkpoint(path), path).eval()
+        rows[path] = dense_maps(model, data)
+        if path in members:
+            member_maps.append(rows[path])
+    rows[f"mean of the {len(members)} members"] = [sum(group) / len(group)
+                                                  for group in zip(*member_maps)]
+    for label, grid_maps in rows.items():
+        for sigma in (0.0,) if label in members else (0.0, 0.02, 0.03):
+            blurred = [post_process(m, sigma) for m in grid_maps] if sigma else grid_maps
+            print(f"{split} {label}, blur {sigma:.2f}: AUC-Judd %.4f sAUC %.4f"
+                  % score(blurred, data), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data/MIT1003")
     parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--checks", default="models", choices=("models", "teachers"),
-                        help="the two binary-label models, or the distillation teachers")
+    parser.add_argument("--checks", default="models", choices=("models", "teachers", "ensemble"),
+                        help="the two binary-label models, the two distillation teachers, or "
+                             "the ensemble of --member and each --student")
+    parser.add_argument("--member", action="append", default=[],
+                        help="with --checks ensemble: an ensemble member (repeatable)")
+    parser.add_argument("--student", action="append", default=[],
+                        help="with --checks ensemble: also score this checkpoint (repeatable)")
     args = parser.parse_args()
     data = dataset.load_mit(args.data_dir, args.split, ground_truth=True)
     if args.checks == "teachers":
         return teacher_checks(data, args.split)
+    if args.checks == "ensemble":
+        return ensemble_checks(data, args.split, args.member, args.student)
     transforms = {"sqrt": torch.sqrt,
                   "logit": lambda p: torch.logit(p.double().clamp(1e-12, 1 - 1e-12)).float()}
     plain = {}
