@@ -56,6 +56,14 @@ def with_flip(model, data, maps):
     return [0.5 * (m + r.flip(-1)) for m, r in zip(maps, mirrored)]
 
 
+def print_blurred_scores(split, label, grid_maps, data, sigmas):
+    """Print AUC-Judd and sAUC of ``grid_maps`` blurred at each of ``sigmas`` (0: raw)."""
+    for sigma in sigmas:
+        blurred = [post_process(m, sigma) for m in grid_maps] if sigma else grid_maps
+        print(f"{split} {label}, blur {sigma:.2f}: AUC-Judd %.4f sAUC %.4f"
+              % score(blurred, data), flush=True)
+
+
 def teacher_checks(data, split):
     """Print the split's scores of the teachers' blurred mean maps and of the shipped MrCNN."""
     paths = {"teacher MrCNN": PRETRAINED / "teachers" / "MrCNN.pth",
@@ -76,10 +84,7 @@ def teacher_checks(data, split):
             "teachers' mean + flip": mean([n + " + flip" for n in pair]),
             "teachers' mean and shipped MrCNN": mean(pair + ("shipped MrCNN",))}
     for label, grid_maps in rows.items():
-        for sigma in (0.0, 0.02, 0.03):
-            blurred = [post_process(m, sigma) for m in grid_maps] if sigma else grid_maps
-            print(f"{split} {label}, blur {sigma:.2f}: AUC-Judd %.4f sAUC %.4f"
-                  % score(blurred, data), flush=True)
+        print_blurred_scores(split, label, grid_maps, data, (0.0, 0.02, 0.03))
 
 
 def ensemble_checks(data, split, members, students):
@@ -94,10 +99,8 @@ def ensemble_checks(data, split, members, students):
     rows[f"mean of the {len(members)} members"] = [sum(group) / len(group)
                                                   for group in zip(*member_maps)]
     for label, grid_maps in rows.items():
-        for sigma in (0.0,) if label in members else (0.0, 0.02, 0.03):
-            blurred = [post_process(m, sigma) for m in grid_maps] if sigma else grid_maps
-            print(f"{split} {label}, blur {sigma:.2f}: AUC-Judd %.4f sAUC %.4f"
-                  % score(blurred, data), flush=True)
+        sigmas = (0.0,) if label in members else (0.0, 0.02, 0.03)
+        print_blurred_scores(split, label, grid_maps, data, sigmas)
 
 
 def main():
@@ -112,6 +115,8 @@ def main():
     parser.add_argument("--student", action="append", default=[],
                         help="with --checks ensemble: also score this checkpoint (repeatable)")
     args = parser.parse_args()
+    if args.checks == "ensemble" and not args.member:
+        parser.error("--checks ensemble needs at least one --member checkpoint")
     data = dataset.load_mit(args.data_dir, args.split, ground_truth=True)
     if args.checks == "teachers":
         return teacher_checks(data, args.split)
