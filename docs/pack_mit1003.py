@@ -6,7 +6,8 @@ reads like the original:
 
 - train and val stimuli resized to 400x400 (the largest scale the model sees) as JPEG;
   the cache resizes the 250x250 and 150x150 scales from these;
-- train fixation maps at 400x400 (all training needs), JPEG quality 85;
+- train fixation maps at 400x400 (all training needs), JPEG quality 85, and black
+  placeholders for their point maps (so ``--positives fixation-points`` cannot use the copy);
 - val fixation maps and points at their original size, so val scores use the exact fixations.
 
 The test split is left out: test scores are computed from the original images on the CPU.
