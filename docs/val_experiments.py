@@ -56,6 +56,11 @@ def with_flip(model, data, maps):
     return [0.5 * (m + r.flip(-1)) for m, r in zip(maps, mirrored)]
 
 
+def mean_maps(map_lists):
+    """The per-image mean of several models' maps: lists of [G, G] maps -> one list."""
+    return [sum(group) / len(group) for group in zip(*map_lists)]
+
+
 def print_blurred_scores(split, label, grid_maps, data, sigmas):
     """Print AUC-Judd and sAUC of ``grid_maps`` blurred at each of ``sigmas`` (0: raw)."""
     for sigma in sigmas:
@@ -76,7 +81,7 @@ def teacher_checks(data, split):
             maps[name + " + flip"] = with_flip(model, data, maps[name])
 
     def mean(names):
-        return [sum(group) / len(group) for group in zip(*(maps[n] for n in names))]
+        return mean_maps([maps[n] for n in names])
 
     pair = ("teacher MrCNN", "MrCNNs")
     rows = {"shipped MrCNN": maps["shipped MrCNN"],
@@ -96,8 +101,7 @@ def ensemble_checks(data, split, members, students):
         rows[path] = dense_maps(model, data)
         if path in members:
             member_maps.append(rows[path])
-    rows[f"mean of the {len(members)} members"] = [sum(group) / len(group)
-                                                  for group in zip(*member_maps)]
+    rows[f"mean of the {len(members)} members"] = mean_maps(member_maps)
     for label, grid_maps in rows.items():
         sigmas = (0.0,) if label in members else (0.0, 0.02, 0.03)
         print_blurred_scores(split, label, grid_maps, data, sigmas)
@@ -139,7 +143,7 @@ def main():
         for label, maps in rows.items():
             print(f"{args.split} {name} {label}: AUC-Judd %.4f sAUC %.4f" % score(maps, data),
                   flush=True)
-    mean = [0.5 * (a + b) for a, b in zip(plain["MrCNN"], plain["MrCNNs"])]
+    mean = mean_maps([plain["MrCNN"], plain["MrCNNs"]])
     print(f"{args.split} MrCNN + MrCNNs average: AUC-Judd %.4f sAUC %.4f" % score(mean, data))
 
 
