@@ -24,9 +24,9 @@ J=${J:-2}
 CK=${CK:-/tmp/gpu_distil_ck}
 TEACHER_DIR=${TEACHER_DIR:-checkpoint/pretrained/teachers}  # where the new teachers go
 start=$SECONDS
-rm -rf "$CK" /tmp/gpu_distil_logs /tmp/gpu_distil_tb
-mkdir -p "$OUT" "$TEACHER_DIR" /tmp/gpu_distil_logs
 LOGS=/tmp/gpu_distil_logs
+rm -rf "$CK" "$LOGS" /tmp/gpu_distil_tb
+mkdir -p "$OUT" "$TEACHER_DIR" "$LOGS"
 export PYTHONWARNINGS=ignore  # the packed val maps are larger than their stimuli: one note each
 data_flag=${DATA:+--data-dir $DATA}
 common="$data_flag --checkpoint-dir $CK --log-dir /tmp/gpu_distil_tb -j $J"
