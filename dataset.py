@@ -378,6 +378,11 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
     else:
         wanted = set(read_split(split, names=mit_layout_names(data_dir)[0]))
         chosen = [i for i, n in enumerate(names) if n in wanted]
+        if len(chosen) < len(wanted):
+            warnings.warn(f"split {split}: {len(wanted) - len(chosen)} of the {len(wanted)} "
+                          f"images it lists were skipped (see the warnings above), so its "
+                          f"scores cover {len(chosen)} images and are not comparable with "
+                          f"scores over the whole split (README).")
     idx = np.asarray(chosen, dtype=np.int64)
     scales = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in arrays]
     chosen_names = [names[i] for i in chosen]

@@ -53,6 +53,24 @@ def test_awkward_files_in_a_dataset_are_converted_skipped_or_resized_with_a_warn
     assert loaded.maps[small].float().mean() > 0  # the training map was resized to the image
 
 
+def test_a_split_that_lists_a_skipped_image_says_how_many_images_it_scores(tmp_path, monkeypatch):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b", "c", "d"], size=(48, 64))
+    corrupt = data / dataset.STIMULI / "b.jpeg"
+    corrupt.write_bytes(corrupt.read_bytes()[:150])
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "mit1003_test.txt").write_text("a\nb\nc\n")
+    monkeypatch.setattr(dataset, "SPLIT_DIR", splits)
+    with pytest.warns(UserWarning) as caught:
+        loaded = dataset.load_mit(data, "test", cache_dir=tmp_path / "cache", workers=1,
+                                  progress=False)
+    assert loaded.names == ["a", "c"]
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "split test: 1 of the 3 images it lists were skipped" in messages
+    assert "cover 2 images" in messages
+
+
 def test_maps_without_stimuli_are_listed_by_name(tmp_path):
     data = tmp_path / "mini"
     write_mit_folder(data, ["a", "b", "c", "d"])
