@@ -622,6 +622,12 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative
 
 
 # ----------------------------------------------------------------------------- command line
+def show_warnings_plainly():
+    """Print each warning as one line, 'warning: <message>', on stderr: the scripts' users
+    need the message (which file, what was done), not the line of our code that raised it."""
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -634,6 +640,7 @@ def main(argv=None):
     export.add_argument("--cache-dir", default=".cache", help="resized-image cache")
     export.add_argument("--seed", type=int, default=0, help="seed of the training locations")
     args = parser.parse_args(argv)
+    show_warnings_plainly()
     try:
         if args.command == "split":
             names, _ = mit_layout_names(args.data_dir)

@@ -748,6 +748,7 @@ def main(argv=None):
     check_args(args)
     torch.set_num_threads(max(1, args.worker_count or 1))
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
+    dataset.show_warnings_plainly()
     try:
         trainer = Trainer(args)
     except (dataset.DatasetError, CheckpointError) as error:

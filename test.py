@@ -248,6 +248,7 @@ def own_images(args, state, model, precision, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    dataset.show_warnings_plainly()
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda but no CUDA device is available; use --device cpu")

@@ -20,6 +20,13 @@ MrCNN as a third member, and the shipped MrCNN blurred: how far a student could 
 
 Any ensemble: each member raw, the members' mean map raw and blurred, each student raw and
 blurred (RESULTS.md, seventh session: the GPU-trained teachers and students).
+
+    python docs/val_experiments.py --data-dir ../shared/data/MIT1003 --checks prior
+
+Whether removing the position prior a model has learnt raises sAUC (which draws its
+negatives from other images' fixations, so a map's centre bias costs it): the shipped
+MrCNN's maps and the teachers' blurred mean map divided by their mean over every fourth
+training image, raised to a power (RESULTS.md, eighth session).
 """
 import argparse
 import sys
@@ -32,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataset  # noqa: E402
 import metrics  # noqa: E402
 from checkpoints import load_checkpoint, model_from_checkpoint  # noqa: E402
-from inference import post_process, predict_maps  # noqa: E402
+from inference import blur_map, post_process, predict_maps  # noqa: E402
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "checkpoint" / "pretrained"
 
@@ -107,13 +114,36 @@ def ensemble_checks(data, split, members, students):
         print_blurred_scores(split, label, grid_maps, data, sigmas)
 
 
+def prior_checks(data, split, train):
+    """Print the split's scores of maps divided by ``prior ** a``, where the prior is the
+    mean map over ``train`` (a SaliencySet): for the shipped MrCNN and for the teachers'
+    mean map blurred at 0.03 (the shipped MrCNN's distillation target)."""
+    maps, train_maps = {}, {}
+    for name in ("MrCNN.pth", "teachers/MrCNN.pth", "MrCNNs.pth"):
+        model = model_from_checkpoint(load_checkpoint(PRETRAINED / name), PRETRAINED / name).eval()
+        maps[name], train_maps[name] = dense_maps(model, data), dense_maps(model, train)
+    teachers = ("teachers/MrCNN.pth", "MrCNNs.pth")
+    rows = {"shipped MrCNN": (maps["MrCNN.pth"], train_maps["MrCNN.pth"]),
+            "teachers' mean, blur 0.03": tuple(
+                [blur_map(m, 0.03, 50) for m in mean_maps([source[t] for t in teachers])]
+                for source in (maps, train_maps))}
+    for label, (grid_maps, prior_maps) in rows.items():
+        prior = torch.stack(prior_maps).mean(0)
+        for power in (0.0, 0.25, 0.5, 1.0):
+            divided = [m / prior ** power for m in grid_maps]
+            print(f"{split} {label} / prior^{power:.2f}: AUC-Judd %.4f sAUC %.4f"
+                  % score(divided, data), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data/MIT1003")
     parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--checks", default="models", choices=("models", "teachers", "ensemble"),
-                        help="the two binary-label models, the two distillation teachers, or "
-                             "the ensemble of --member and each --student")
+    parser.add_argument("--checks", default="models",
+                        choices=("models", "teachers", "ensemble", "prior"),
+                        help="the two binary-label models, the two distillation teachers, "
+                             "the ensemble of --member and each --student, or maps divided "
+                             "by their position prior")
     parser.add_argument("--member", action="append", default=[],
                         help="with --checks ensemble: an ensemble member (repeatable)")
     parser.add_argument("--student", action="append", default=[],
@@ -126,6 +156,9 @@ def main():
         return teacher_checks(data, args.split)
     if args.checks == "ensemble":
         return ensemble_checks(data, args.split, args.member, args.student)
+    if args.checks == "prior":
+        train = dataset.load_mit(args.data_dir, "train")
+        return prior_checks(data, args.split, train.subset(range(0, len(train), 4)))
     transforms = {"sqrt": torch.sqrt,
                   "logit": lambda p: torch.logit(p.double().clamp(1e-12, 1 - 1e-12)).float()}
     plain = {}

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import dataset
 import metrics
 from checkpoints import load_checkpoint, model_from_checkpoint
 from conftest import ROOT
@@ -69,6 +70,22 @@ def test_evaluation_of_an_mit_layout_folder_writes_every_output(tmp_path):
     for name in ("a", "b", "c"):
         assert Image.open(out / "maps" / f"{name}.png").size == (80, 60)
     assert "centre_bias" in result.stdout and "+-" in result.stdout
+
+
+def test_a_corrupt_image_is_skipped_with_one_plain_warning_line_and_the_rest_scored(tmp_path):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b", "c", "d"], size=(60, 80))
+    corrupt = data / dataset.STIMULI / "b.jpeg"
+    corrupt.write_bytes(corrupt.read_bytes()[:150])
+    out = tmp_path / "out"
+    result = run_test_py(tmp_path, "--data-dir", str(data), "--split", "all", "--output-dir",
+                         str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["n_images"] == 3
+    skip_lines = [line for line in result.stderr.splitlines() if "b.jpeg" in line]
+    assert len(skip_lines) == 1 and skip_lines[0].startswith("warning: cannot read image")
+    assert skip_lines[0].endswith("The image is skipped.")
+    assert "warnings.warn" not in result.stderr and "UserWarning" not in result.stderr
 
 
 def test_own_images_greyscale_and_rgba_give_map_and_overlay_at_their_size(tmp_path):
