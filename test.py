@@ -44,7 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                         help="MIT1003 split; all: every image in --data-dir")
     parser.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
-                        help="your own images: write maps and overlays, no ground truth")
+                        help="your own images, or folders of them: write maps and overlays, no "
+                             "ground truth")
     parser.add_argument("--output-dir", default="results", help="where results are written")
     parser.add_argument("--inference", default="fcn", choices=MODES, help="dense inference")
     parser.add_argument("--grid-size", type=int, default=50, help="grid of scored locations")
@@ -225,25 +226,61 @@ def evaluate(args, state, model, precision, output_dir):
     return summary
 
 
-def own_images(args, state, model, precision, output_dir):
-    """Write <stem>_saliency.png and <stem>_overlay.png for every --images file."""
-    post = state.get("post_processing")
-    for path in args.images:
-        if not Path(path).is_file():
+def image_files(paths):
+    """--images arguments (files, or folders whose image files are all taken, sorted) -> list
+    of Paths; raises UsageError for a missing path, a folder without images or two images
+    whose outputs would share a name."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in dataset.IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"folder {path} holds no images "
+                                 f"({'/'.join(dataset.IMAGE_SUFFIXES)}). Check the path.")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
             raise UsageError(f"image {path} does not exist. Check the path.")
+    by_stem = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(str(path))
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        raise UsageError(f"{' and '.join(clashes[0])} would write the same output files "
+                         f"({Path(clashes[0][0]).stem}_saliency.png). Rename one or run them "
+                         f"with different --output-dir.")
+    return files
+
+
+def own_images(args, files, state, model, precision, output_dir):
+    """Write <stem>_saliency.png and <stem>_overlay.png for every file (``image_files``); an image
+    that cannot be read is reported and skipped, and the run then ends with an error that
+    names every such file (the other maps are written)."""
+    post = state.get("post_processing")
+    unreadable = []
+    for path in files:
         try:
             image = dataset.open_rgb(path)
         except dataset.DatasetError as error:
-            raise UsageError(str(error))
+            if len(files) == 1:
+                raise UsageError(str(error))
+            print(f"skipped: {error}", file=sys.stderr)
+            unreadable.append(path.name)
+            continue
         scales = [dataset.resize_rgb(image, s)[None] for s in dataset.SCALES]
         grid = saliency_grid(model, scales, args.inference, args.grid_size, precision=precision)[0]
         saliency = full_size(grid, post, image.height, image.width)
-        stem = Path(path).stem
-        save_png(saliency, output_dir / f"{stem}_saliency.png")
+        save_png(saliency, output_dir / f"{path.stem}_saliency.png")
         picture = overlay(np.asarray(image, dtype=np.float64), saliency)
         Image.fromarray((picture * 255 + 0.5).astype(np.uint8)).save(
-            output_dir / f"{stem}_overlay.png")
-        print(f"wrote {output_dir / f'{stem}_saliency.png'} and {stem}_overlay.png")
+            output_dir / f"{path.stem}_overlay.png")
+        print(f"wrote {output_dir / f'{path.stem}_saliency.png'} and {path.stem}_overlay.png")
+    if unreadable:
+        raise UsageError(f"{len(unreadable)} of the {len(files)} images could not be read "
+                         f"({', '.join(unreadable)}; see above), the other maps were written. "
+                         f"Replace or remove the unreadable files.")
 
 
 def main(argv=None):
@@ -253,14 +290,15 @@ def main(argv=None):
         if args.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda but no CUDA device is available; use --device cpu")
         state, model = load_model(args)
+        files = image_files(args.images) if args.images else None
         precision = pick_precision(args.precision, torch.device(args.device))
         output_dir = ensure_output_dir(args.output_dir)
         if args.tune_post_processing:
             state["post_processing"] = tune_post_processing(model, args, precision)
             save_checkpoint(state, args.checkpoint)
             print(f"stored post-processing {state['post_processing']} in {args.checkpoint}")
-        if args.images:
-            own_images(args, state, model, precision, output_dir)
+        if files:
+            own_images(args, files, state, model, precision, output_dir)
         else:
             evaluate(args, state, model, precision, output_dir)
     except (UsageError, CheckpointError, dataset.DatasetError) as error:

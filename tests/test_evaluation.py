@@ -112,7 +112,42 @@ def test_bad_own_image_is_one_clear_error(tmp_path, make, message):
     make(path)
     result = run_test_py(tmp_path, "--images", str(path), "--output-dir", str(tmp_path / "o"))
     assert result.returncode != 0 and message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_own_images_from_a_folder_skip_an_unreadable_file_write_the_rest_and_fail(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "c.jpg"):
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(photos / name)
+    (photos / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (photos / "notes.txt").write_text("not an image, not taken")
+    out = tmp_path / "maps"
+    result = run_test_py(tmp_path, "--images", str(photos), "--output-dir", str(out))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "1 of the 3 images could not be read (b.jpg" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a_overlay.png", "a_saliency.png", "c_overlay.png", "c_saliency.png"]
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"empty": None}, "holds no images"),
+    ({"x/p.png": 1, "y/p.jpg": 1}, "would write the same output files (p_saliency.png)"),
+])
+def test_own_image_folders_that_give_nothing_or_clashing_names_are_one_clear_error(
+        tmp_path, layout, message):
+    for name, is_image in layout.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if is_image:
+            Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(path)
+        else:
+            path.mkdir()
+    folders = sorted({str(tmp_path / name.split("/")[0]) for name in layout})
+    result = run_test_py(tmp_path, "--images", *folders, "--output-dir", str(tmp_path / "o"))
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o").exists()
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
