@@ -21,12 +21,14 @@ MrCNN as a third member, and the shipped MrCNN blurred: how far a student could 
 Any ensemble: each member raw, the members' mean map raw and blurred, each student raw and
 blurred (RESULTS.md, seventh session: the GPU-trained teachers and students).
 
-    python docs/val_experiments.py --data-dir ../shared/data/MIT1003 --checks prior
+    python docs/val_experiments.py --data-dir ../shared/data/MIT1003 --checks student
 
-Whether removing the position prior a model has learnt raises sAUC (which draws its
-negatives from other images' fixations, so a map's centre bias costs it): the shipped
-MrCNN's maps and the teachers' blurred mean map divided by their mean over every fourth
-training image, raised to a power (RESULTS.md, eighth session).
+How the shipped MrCNN (a student) relates to its distillation target, the teachers' mean
+map blurred at 0.03, on the split and on every fourth training image: how closely it
+reproduces the target (correlation, mean absolute difference), and whether dividing either
+map by its position prior (its mean over those training images) raises sAUC, which draws
+its negatives from other images' fixations, so a map's centre bias costs it (RESULTS.md,
+eighth session).
 """
 import argparse
 import sys
@@ -114,19 +116,31 @@ def ensemble_checks(data, split, members, students):
         print_blurred_scores(split, label, grid_maps, data, sigmas)
 
 
-def prior_checks(data, split, train):
-    """Print the split's scores of maps divided by ``prior ** a``, where the prior is the
-    mean map over ``train`` (a SaliencySet): for the shipped MrCNN and for the teachers'
-    mean map blurred at 0.03 (the shipped MrCNN's distillation target)."""
+def correlation(a, b):
+    """Pearson correlation of two maps of the same shape."""
+    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
+
+
+def student_checks(data, split, train):
+    """Print how closely the shipped MrCNN reproduces its target (the teachers' mean map
+    blurred at 0.03) on the split and on ``train`` (a SaliencySet), and the split's scores of
+    both maps divided by ``prior ** a``, the prior being their mean map over ``train``."""
     maps, train_maps = {}, {}
     for name in ("MrCNN.pth", "teachers/MrCNN.pth", "MrCNNs.pth"):
         model = model_from_checkpoint(load_checkpoint(PRETRAINED / name), PRETRAINED / name).eval()
         maps[name], train_maps[name] = dense_maps(model, data), dense_maps(model, train)
     teachers = ("teachers/MrCNN.pth", "MrCNNs.pth")
     rows = {"shipped MrCNN": (maps["MrCNN.pth"], train_maps["MrCNN.pth"]),
-            "teachers' mean, blur 0.03": tuple(
+            "target (teachers' mean, blur 0.03)": tuple(
                 [blur_map(m, 0.03, 50) for m in mean_maps([source[t] for t in teachers])]
                 for source in (maps, train_maps))}
+    student, target = rows["shipped MrCNN"], rows["target (teachers' mean, blur 0.03)"]
+    for k, label in enumerate((split, f"{len(train)} train images")):
+        cc = sum(map(correlation, student[k], target[k])) / len(student[k])
+        mae = sum((s - t).abs().mean().item()
+                  for s, t in zip(student[k], target[k])) / len(target[k])
+        print(f"{label}: shipped MrCNN against its target: CC {cc:.4f}, mean |difference| "
+              f"{mae:.4f}", flush=True)
     for label, (grid_maps, prior_maps) in rows.items():
         prior = torch.stack(prior_maps).mean(0)
         for power in (0.0, 0.25, 0.5, 1.0):
@@ -140,10 +154,10 @@ def main():
     parser.add_argument("--data-dir", default="data/MIT1003")
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--checks", default="models",
-                        choices=("models", "teachers", "ensemble", "prior"),
+                        choices=("models", "teachers", "ensemble", "student"),
                         help="the two binary-label models, the two distillation teachers, "
-                             "the ensemble of --member and each --student, or maps divided "
-                             "by their position prior")
+                             "the ensemble of --member and each --student, or the shipped "
+                             "MrCNN against its distillation target")
     parser.add_argument("--member", action="append", default=[],
                         help="with --checks ensemble: an ensemble member (repeatable)")
     parser.add_argument("--student", action="append", default=[],
@@ -156,9 +170,9 @@ def main():
         return teacher_checks(data, args.split)
     if args.checks == "ensemble":
         return ensemble_checks(data, args.split, args.member, args.student)
-    if args.checks == "prior":
+    if args.checks == "student":
         train = dataset.load_mit(args.data_dir, "train")
-        return prior_checks(data, args.split, train.subset(range(0, len(train), 4)))
+        return student_checks(data, args.split, train.subset(range(0, len(train), 4)))
     transforms = {"sqrt": torch.sqrt,
                   "logit": lambda p: torch.logit(p.double().clamp(1e-12, 1 - 1e-12)).float()}
     plain = {}
