@@ -54,9 +54,10 @@ def load_checkpoint(path):
     return state
 
 
-def model_from_checkpoint(state, path="checkpoint", expected_model=None):
+def model_from_checkpoint(state, path="checkpoint", expected_model=None, options=None):
     """Build the model a checkpoint dict describes and load its weights (on the CPU).
 
+    ``options`` (dropout, batch_norm) replace the checkpoint's ``model_options`` if given.
     Raises CheckpointError when the checkpoint is of another model than ``expected_model``
     or its weights do not fit.
     """
@@ -65,7 +66,8 @@ def model_from_checkpoint(state, path="checkpoint", expected_model=None):
         raise CheckpointError(f"{path} holds a {name} checkpoint, not {expected_model}. Pass "
                               f"--model {name} or another checkpoint.")
     try:
-        model = build_model(name, **state.get("model_options", {}))
+        model = build_model(name, **(state.get("model_options", {}) if options is None
+                                     else options))
         model.load_state_dict(state["model_state"])
     except (ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{path}: weights do not fit {name} "

@@ -369,10 +369,22 @@ class Trainer:
         if args.batch_size > n_train:
             raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
                              f"{n_train} training samples per epoch; use a smaller batch")
-        self.model = build_model(args.model, dropout=args.dropout, batch_norm=args.batch_norm)
+        # A resumed run keeps its model options; --init-from takes --dropout from the command
+        # line (dropout has no weights) but cannot change --batch-norm (it has).
+        self.model_options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
+        if self.resume_state is not None:
+            self.model_options = dict(self.resume_state.get("model_options", self.model_options))
+        elif weights_state is not None:
+            saved = weights_state.get("model_options", {}).get("batch_norm", False)
+            if saved != args.batch_norm:
+                raise SystemExit(f"error: {args.init_from} was trained "
+                                 f"{'with' if saved else 'without'} --batch-norm; pass the same "
+                                 f"to --init-from it.")
+        self.model = build_model(args.model, **self.model_options)
         if weights_state is not None:
             try:
-                self.model = model_from_checkpoint(weights_state, weights_from, args.model)
+                self.model = model_from_checkpoint(weights_state, weights_from, args.model,
+                                                   self.model_options)
             except CheckpointError as error:
                 raise SystemExit(f"error: {error}")
         else:
@@ -433,8 +445,7 @@ class Trainer:
         extra = {} if self.ema_model is None else {"train_model_state": self.model.state_dict()}
         return {"model": self.args.model, "model_state": self.evaluated_model.state_dict(),
                 **extra,
-                "model_options": {"dropout": self.args.dropout,
-                                  "batch_norm": self.args.batch_norm},
+                "model_options": dict(self.model_options),
                 "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
                 "optimizer_state": self.optimizer.state_dict(),
                 "scheduler_state": self.scheduler.state_dict(),

@@ -119,6 +119,17 @@ def test_init_from_starts_a_new_run_from_the_shipped_weights(tmp_path, small_syn
     assert (trainer.epoch, trainer.step) == (0, 0) and not trainer.optimizer.state
 
 
+def test_init_from_takes_dropout_from_the_command_line_and_records_it(tmp_path, small_synthetic):
+    shipped = ROOT / "checkpoint" / "pretrained" / "MrCNN.pth"
+    assert load_checkpoint(shipped)["model_options"]["dropout"] == 0.5
+    trainer = main.Trainer(make_args(tmp_path, "--init-from", str(shipped), "--dropout", "0.1"))
+    rates = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.1}
+    assert trainer.state_dict()["model_options"] == {"dropout": 0.1, "batch_norm": False}
+    with pytest.raises(SystemExit, match="was trained without --batch-norm"):
+        main.Trainer(make_args(tmp_path, "--init-from", str(shipped), "--batch-norm"))
+
+
 def test_colour_jitter_reaches_the_training_batches_within_its_range(tmp_path, small_synthetic):
     trainer = main.Trainer(make_args(tmp_path, "--colour-jitter", "0.3", "--no-flip"))
     index, rel, labels, flip, jitter = trainer.epoch_samples()
