@@ -38,6 +38,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TEACHER_CACHE_VERSION = 1  # bump when predict_maps changes what it returns
 
 
+# Flags a resumed run does not take from its checkpoint: how it was started, and this machine.
+NOT_RESUMED = ("resume", "init_from", "worker_count")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train Mr-CNN / Mr-CNNs on MIT1003.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -132,7 +136,17 @@ def parse_args(argv=None):
                         help="validate on the first N val images only (0: all)")
     parser.add_argument("--log-frequency", type=int, default=20,
                         help="read the loss from the device every N steps")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resume and Path(args.resume).is_file():
+        # The resumed run's own flags become the defaults: only what changes (--epochs) is given.
+        try:
+            saved = load_checkpoint(args.resume).get("args", {})
+        except CheckpointError as error:
+            raise SystemExit(f"error: {error}")
+        parser.set_defaults(**{key: value for key, value in saved.items()
+                               if key in vars(args) and key not in NOT_RESUMED})
+        args = parser.parse_args(argv)
+    return args
 
 
 def check_args(args):
@@ -356,6 +370,10 @@ class Trainer:
         np.random.seed(args.seed)
         random.seed(args.seed)
         self.resume_state = load_checkpoint(args.resume) if args.resume else None
+        if self.resume_state is not None and "optimizer_state" not in self.resume_state:
+            raise SystemExit(f"error: {args.resume} holds weights only (a shipped model), not a "
+                             f"run to resume. Use --init-from {args.resume} to start a new run "
+                             f"from its weights.")
         weights_from = args.resume or args.init_from
         weights_state = self.resume_state or (load_checkpoint(args.init_from)
                                               if args.init_from else None)

@@ -1,4 +1,5 @@
 """main.py end to end on the synthetic set: learnability, exact resume, the CLI and its errors."""
+import os
 import subprocess
 import sys
 
@@ -119,6 +120,20 @@ def test_init_from_starts_a_new_run_from_the_shipped_weights(tmp_path, small_syn
     assert (trainer.epoch, trainer.step) == (0, 0) and not trainer.optimizer.state
 
 
+def test_resume_takes_the_runs_own_flags_as_defaults(tmp_path, small_synthetic):
+    flags = ("--model", "MrCNNs", "--lr-schedule", "cosine", "--weight-decay", "0.001",
+             "--labels", "map", "--uniform-locations-per-image", "5", "--epochs", "1",
+             "-j", "1")
+    main.Trainer(make_args(tmp_path, *flags)).train(progress=False)
+    saved = tmp_path / "checkpoint" / "run" / "final_model.pth"
+    args = main.parse_args(["--resume", str(saved), "--epochs", "2"])
+    assert (args.model, args.lr_schedule, args.weight_decay) == ("MrCNNs", "cosine", 0.001)
+    assert (args.labels, args.uniform_locations_per_image) == ("map", 5)
+    assert args.epochs == 2 and args.worker_count == os.cpu_count()  # given; this machine's
+    resumed = main.Trainer(args)
+    assert resumed.epoch == 1 and resumed.run_name == "run"
+
+
 def test_init_from_takes_dropout_from_the_command_line_and_records_it(tmp_path, small_synthetic):
     shipped = ROOT / "checkpoint" / "pretrained" / "MrCNN.pth"
     assert load_checkpoint(shipped)["model_options"]["dropout"] == 0.5
@@ -235,6 +250,8 @@ def test_default_command_trains_on_synthetic_data_and_writes_logs_and_checkpoint
     (["--teacher", "missing.pth"], "missing.pth does not exist"),
     (["--teacher-weight", "2"], "--teacher-weight must be in [0, 1]"),
     (["--location-jitter", "-0.1"], "--location-jitter must be in [0, 0.5)"),
+    (["--resume", str(ROOT / "checkpoint" / "pretrained" / "MrCNN.pth")],
+     "holds weights only (a shipped model), not a run to resume. Use --init-from"),
 ])
 def test_bad_arguments_exit_with_one_clear_line(tmp_path, args, message):
     result = run_main(tmp_path, *args)
