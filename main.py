@@ -370,23 +370,9 @@ class Trainer:
         np.random.seed(args.seed)
         random.seed(args.seed)
         self.resume_state = load_checkpoint(args.resume) if args.resume else None
-        if self.resume_state is not None and "optimizer_state" not in self.resume_state:
-            raise SystemExit(f"error: {args.resume} holds weights only (a shipped model), not a "
-                             f"run to resume. Use --init-from {args.resume} to start a new run "
-                             f"from its weights.")
         weights_from = args.resume or args.init_from
         weights_state = self.resume_state or (load_checkpoint(args.init_from)
                                               if args.init_from else None)
-        self.train_set, self.val_set, self.data_description = load_data(args)
-        if args.val_images:
-            self.val_set = self.val_set.subset(list(range(min(args.val_images,
-                                                               len(self.val_set)))))
-        n_train = (len(self.train_set.samples[1]) if self.train_set.samples is not None else
-                   len(self.train_set) * (args.fixations_per_image + args.non_fixations_per_image
-                                          + args.uniform_locations_per_image))
-        if args.batch_size > n_train:
-            raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
-                             f"{n_train} training samples per epoch; use a smaller batch")
         # A resumed run keeps its model options; --init-from takes --dropout from the command
         # line (dropout has no weights) but cannot change --batch-norm (it has).
         self.model_options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
@@ -398,14 +384,28 @@ class Trainer:
                 raise SystemExit(f"error: {args.init_from} was trained "
                                  f"{'with' if saved else 'without'} --batch-norm; pass the same "
                                  f"to --init-from it.")
-        self.model = build_model(args.model, **self.model_options)
-        if weights_state is not None:
+        if weights_state is not None:  # checked before the data is read
             try:
                 self.model = model_from_checkpoint(weights_state, weights_from, args.model,
                                                    self.model_options)
             except CheckpointError as error:
                 raise SystemExit(f"error: {error}")
-        else:
+        if self.resume_state is not None and "optimizer_state" not in self.resume_state:
+            raise SystemExit(f"error: {args.resume} holds weights only (a shipped model), not a "
+                             f"run to resume. Use --init-from {args.resume} to start a new run "
+                             f"from its weights.")
+        self.train_set, self.val_set, self.data_description = load_data(args)
+        if args.val_images:
+            self.val_set = self.val_set.subset(list(range(min(args.val_images,
+                                                               len(self.val_set)))))
+        n_train = (len(self.train_set.samples[1]) if self.train_set.samples is not None else
+                   len(self.train_set) * (args.fixations_per_image + args.non_fixations_per_image
+                                          + args.uniform_locations_per_image))
+        if args.batch_size > n_train:
+            raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
+                             f"{n_train} training samples per epoch; use a smaller batch")
+        if weights_state is None:
+            self.model = build_model(args.model, **self.model_options)
             mean, std = self.train_set.pixel_mean_std()
             self.model.input_mean.copy_(mean)
             self.model.input_std.copy_(std)
