@@ -116,11 +116,6 @@ def ensemble_checks(data, split, members, students):
         print_blurred_scores(split, label, grid_maps, data, sigmas)
 
 
-def correlation(a, b):
-    """Pearson correlation of two maps of the same shape."""
-    return torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()
-
-
 def student_checks(data, split, train):
     """Print how closely the shipped MrCNN reproduces its target (the teachers' mean map
     blurred at 0.03) on the split and on ``train`` (a SaliencySet), and the split's scores of
@@ -136,7 +131,7 @@ def student_checks(data, split, train):
                 for source in (maps, train_maps))}
     student, target = rows["shipped MrCNN"], rows["target (teachers' mean, blur 0.03)"]
     for k, label in enumerate((split, f"{len(train)} train images")):
-        cc = sum(map(correlation, student[k], target[k])) / len(student[k])
+        cc = sum(map(metrics.cc, student[k], target[k])) / len(student[k])
         mae = sum((s - t).abs().mean().item()
                   for s, t in zip(student[k], target[k])) / len(target[k])
         print(f"{label}: shipped MrCNN against its target: CC {cc:.4f}, mean |difference| "
