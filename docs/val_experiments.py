@@ -125,17 +125,16 @@ def student_checks(data, split, train):
         model = model_from_checkpoint(load_checkpoint(PRETRAINED / name), PRETRAINED / name).eval()
         maps[name], train_maps[name] = dense_maps(model, data), dense_maps(model, train)
     teachers = ("teachers/MrCNN.pth", "MrCNNs.pth")
-    rows = {"shipped MrCNN": (maps["MrCNN.pth"], train_maps["MrCNN.pth"]),
-            "target (teachers' mean, blur 0.03)": tuple(
-                [blur_map(m, 0.03, 50) for m in mean_maps([source[t] for t in teachers])]
-                for source in (maps, train_maps))}
-    student, target = rows["shipped MrCNN"], rows["target (teachers' mean, blur 0.03)"]
+    student = (maps["MrCNN.pth"], train_maps["MrCNN.pth"])
+    target = tuple([blur_map(m, 0.03, 50) for m in mean_maps([source[t] for t in teachers])]
+                   for source in (maps, train_maps))
     for k, label in enumerate((split, f"{len(train)} train images")):
         cc = sum(map(metrics.cc, student[k], target[k])) / len(student[k])
         mae = sum((s - t).abs().mean().item()
                   for s, t in zip(student[k], target[k])) / len(target[k])
         print(f"{label}: shipped MrCNN against its target: CC {cc:.4f}, mean |difference| "
               f"{mae:.4f}", flush=True)
+    rows = {"shipped MrCNN": student, "target (teachers' mean, blur 0.03)": target}
     for label, (grid_maps, prior_maps) in rows.items():
         prior = torch.stack(prior_maps).mean(0)
         for power in (0.0, 0.25, 0.5, 1.0):
