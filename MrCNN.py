@@ -92,11 +92,3 @@ class MrCNN(nn.Module):
         features = [self.stream(s)(crops[:, s]) for s in range(N_SCALES)]
         return self.fusion(torch.cat(features, dim=1))
 
-
-def build_model(name, **kwargs):
-    """'MrCNN' or 'MrCNNs' -> a new model; raises ValueError for any other name."""
-    from MrCNNs import MrCNNs
-    models = {"MrCNN": MrCNN, "MrCNNs": MrCNNs}
-    if name not in models:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(models)}")
-    return models[name](**kwargs)

@@ -15,13 +15,13 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 
 import dataset
 import metrics
+from devices import DEVICES, pick_device, pick_precision
 from inference import saliency_grid
-from main import pick_precision, train_step
-from MrCNN import build_model
+from models import build_model
+from optimisation import train_step
 
 GFLOP_PER_TRAINING_SAMPLE = 1.26  # forward + backward of one three-scale sample (~3x forward)
 
@@ -51,14 +51,10 @@ def matmul_gflops(dtype, device, repeats, n=2048):
     return 2 * n ** 3 / seconds / 1e9
 
 
-def training_samples_per_s(name, batch_size, precision, device, scales, steps, repeats,
-                           compile_model=False):
+def training_samples_per_s(name, batch_size, precision, device, scales, steps, repeats):
     torch.manual_seed(0)
     model = build_model(name).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    if compile_model:
-        model = torch.compile(model)  # compiled during the warm-up run, not timed
-    loss_fn = nn.BCEWithLogitsLoss()
     padded = [dataset.pad_images(s).to(device) for s in scales]
     generator = torch.Generator().manual_seed(0)
     n = batch_size * steps
@@ -71,7 +67,7 @@ def training_samples_per_s(name, batch_size, precision, device, scales, steps, r
         for k in range(steps):
             sl = slice(k * batch_size, (k + 1) * batch_size)
             crops = dataset.cut_crops(padded, index[sl], rel[sl], flip[sl])
-            train_step(model, optimizer, loss_fn, crops, target[sl], precision)
+            train_step(model, optimizer, crops, target[sl], precision)
     return n / median_seconds(run, repeats, device)
 
 
@@ -119,7 +115,7 @@ def fcn_agreement(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--json", default=None, metavar="PATH", help="write the numbers here")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
@@ -130,8 +126,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.agreement:
         return fcn_agreement(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     repeats, steps = (3, 3) if args.quick else (5, 8)
     default_precision = pick_precision("auto", device)
     low = "bf16" if default_precision == "bf16" else "fp16" if device.type == "cuda" else "fp32"
@@ -162,15 +157,6 @@ def main(argv=None):
                              f"{rate:.0f} samples/s ({100 * fraction:.0f}% of matmul)"))
     results["train_samples_per_s"] = \
         results["training"][f"MrCNN_bs256_{default_precision}"]["samples_per_s"]
-    try:
-        rate = training_samples_per_s("MrCNN", 256, default_precision, device, train_scenes,
-                                      steps, repeats, compile_model=True)
-        results["training"][f"MrCNN_bs256_{default_precision}_compiled"] = {"samples_per_s": rate}
-        rows.append((f"train MrCNN batch 256 {default_precision} torch.compile",
-                     f"{rate:.0f} samples/s"))
-    except Exception as error:  # noqa: BLE001 - no compiler, unsupported backend: report it
-        rows.append((f"train MrCNN batch 256 {default_precision} torch.compile",
-                     f"failed ({type(error).__name__})"))
 
     rng = np.random.default_rng(0)
     image, points, density = dataset.synthetic_image(rng, height=768, width=1024)

@@ -3,17 +3,19 @@
 A checkpoint is a dict of tensors and primitives only (so ``torch.load(weights_only=True)``
 reads it): ``model`` (name), ``model_state``, ``model_options`` (dropout, batch_norm),
 ``normalisation`` ({'mean': [3], 'std': [3]}), ``args`` (the command-line arguments as a dict),
-``epoch``, ``step``, ``best_metric``, and for resuming ``optimizer_state``,
-``scheduler_state``, ``scaler_state`` (fp16), ``rng_state`` and, with --ema-decay,
-``train_model_state`` (the raw weights; ``model_state`` then holds their moving average);
-shipped models may add ``post_processing``.
+``command`` (the ``python main.py ...`` line that started the run), ``data`` (what it trained
+on), ``epoch``, ``step``, ``best_metric``, and for resuming ``optimizer_state``,
+``scheduler_state``, ``scaler_state`` (fp16), ``rng_state`` and ``epoch_progress``; shipped
+models may add ``post_processing`` and ``training_note``.
 """
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from MrCNN import build_model
+from models import build_model
 
 
 class CheckpointError(Exception):
@@ -72,30 +74,53 @@ def model_from_checkpoint(state, path="checkpoint", expected_model=None, options
     except (ValueError, RuntimeError, TypeError) as error:
         raise CheckpointError(f"{path}: weights do not fit {name} "
                               f"({str(error).splitlines()[0][:200]}).")
+    broken = [key for key, value in model.state_dict().items()
+              if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken or not (model.input_std > 0).all():
+        what = f"non-finite values in {', '.join(broken[:3])}" if broken else "an input_std <= 0"
+        raise CheckpointError(f"{path} holds {what}: its maps would be meaningless. Use an "
+                              f"earlier checkpoint of the run.")
     return model.float()
+
+
+def new_run_dir(checkpoint_dir, name, numbered=True):
+    """Create checkpoint_dir/name for a new run and return it. The folder belongs to this run
+    alone: when it exists, ``numbered`` tries name-2, name-3, ...; otherwise SystemExit."""
+    for attempt in range(1, 100 if numbered else 2):
+        folder = Path(checkpoint_dir) / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            folder.mkdir(parents=True)  # atomic: two runs started together get two folders
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise SystemExit(f"error: cannot create run folder {folder} ({error.strerror}). "
+                             f"Pass a writable --checkpoint-dir.")
+    raise SystemExit(f"error: run folder {Path(checkpoint_dir) / name} already exists; pass "
+                     f"another --run-name, or --resume one of its checkpoints.")
+
+
+def capture_rng(sampler):
+    """The torch, NumPy, Python and CUDA RNG states and ``sampler``'s (a torch.Generator), as
+    tensors and lists (so that ``weights_only=True`` loads them)."""
+    return {"torch": torch.get_rng_state(), "sampler": sampler.get_state(),
+            "numpy": np.random.get_state()[1].tolist(), "python": list(random.getstate()[1]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state, sampler):
+    """Put back the RNG states ``capture_rng`` returned, ``sampler``'s included."""
+    sampler.set_state(state["sampler"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # Keys a shipped model keeps: what test.py needs and where the weights came from.
 SHIPPED_KEYS = ("model", "model_state", "model_options", "normalisation", "args", "epoch",
                 "step", "best_metric", "run_name", "data", "post_processing")
-
-
-def command_line(args):
-    """A training-args dict (as checkpoints store it) -> the ``python main.py ...`` command that
-    makes it: the flags whose values differ from main.py's defaults, in main.py's order."""
-    from main import parse_args
-    defaults = vars(parse_args([]))
-    words = ["python", "main.py", "--model", str(args.get("model", defaults["model"]))]
-    for key, value in args.items():
-        if (key in defaults and value != defaults[key]
-                and key not in ("model", "resume", "worker_count")):
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                words.append(flag)
-            else:  # a list comes from a repeatable flag (--teacher A --teacher B)
-                for item in value if isinstance(value, list) else [value]:
-                    words += [flag, str(item)]
-    return " ".join(words)
 
 
 def shipped_state(state, note):
@@ -107,7 +132,7 @@ def shipped_state(state, note):
         "model_options", {})).named_parameters()}
     shipped["model_state"] = {name: value.half() if name in parameters else value
                               for name, value in state["model_state"].items()}
-    shipped["command"] = command_line(state["args"])
+    shipped["command"] = state.get("command", "")
     shipped["training_note"] = note
     return shipped
 

@@ -11,8 +11,7 @@ relative position ``(v, u)`` in [0, 1); at a scale of ``S`` pixels its centre pi
 image repeat the border (replicate padding).
 
 Command line:
-    python dataset.py split  --data-dir DIR          write splits/mit1003_{train,val,test}.txt
-    python dataset.py export --data-dir DIR --output-dir OUT   write the coursework's files
+    python dataset.py split --data-dir DIR   write splits/mit1003_{train,val,test,folds10}.txt
 """
 import argparse
 import hashlib
@@ -40,7 +39,10 @@ NON_FIXATION_THRESHOLD = 0.1
 SPLIT_DIR = Path(__file__).resolve().parent / "splits"
 SPLIT_SEED = 2015
 SPLIT_SIZES = {"train": 803, "val": 100, "test": 100}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+N_FOLDS = 10
+SYNTHETIC = "synthetic"
+SYNTHETIC_SIZES = {"train": 32, "val": 8}
 STIMULI, MAPS = "ALLSTIMULI", "ALLFIXATIONMAPS"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -84,23 +86,6 @@ def cut_crops(padded_scales, image_index, rel, flip=None):
     return crops
 
 
-def colour_jitter(crops, factors):
-    """Photometric augmentation, the same for the three scales of a sample.
-
-    crops: float [B, 3 scales, 3, H, W] in [0, 1]; factors: float [B, 3] (saturation,
-    contrast, brightness), 1 = unchanged. Saturation blends with the grey image, contrast
-    scales around the sample's mean grey level, brightness multiplies. Returns a new tensor,
-    clamped to [0, 1].
-    """
-    saturation, contrast, brightness = (f.view(-1, 1, 1, 1, 1) for f in factors.unbind(1))
-    luma = torch.tensor([0.299, 0.587, 0.114], device=crops.device).view(1, 1, 3, 1, 1)
-    grey = (crops * luma).sum(2, keepdim=True)
-    x = grey + saturation * (crops - grey)
-    mean = grey.mean((1, 2, 3, 4), keepdim=True)
-    x = mean + contrast * (x - mean)
-    return (x * brightness).clamp_(0.0, 1.0)
-
-
 def grid_locations(grid_size=50, device="cpu"):
     """The centres of a grid_size x grid_size grid as relative (v, u): float [grid_size**2, 2]."""
     centres = (torch.arange(grid_size, device=device, dtype=torch.float64) + 0.5) / grid_size
@@ -125,6 +110,7 @@ class SaliencySet:
     fixations: list = field(default_factory=list)
     densities: list = field(default_factory=list)
     samples: tuple = None
+    cache_key: str = None
 
     def __len__(self):
         return len(self.names)
@@ -239,9 +225,21 @@ def mit_layout_names(data_dir):
 
 
 def read_split(split, names=None):
-    """Names listed in splits/mit1003_<split>.txt; checks they exist in ``names`` if given."""
-    path = SPLIT_DIR / f"mit1003_{split}.txt"
-    listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """Names of a split: 'train', 'val' or 'test' (splits/mit1003_<split>.txt), or
+    'fold<K>/train', 'fold<K>/val', 'fold<K>/test' (the 10 cross-validation folds of
+    splits/mit1003_folds10.txt: fold K is 'test', fold K + 1 mod 10 'val', the rest 'train').
+    Checks that they exist in ``names`` if given; raises DatasetError otherwise."""
+    if split.startswith("fold"):
+        fold, _, part = split[4:].partition("/")
+        path = SPLIT_DIR / f"mit1003_folds{N_FOLDS}.txt"
+        folds = {line.split()[0]: int(line.split()[1])
+                 for line in path.read_text().splitlines() if line.strip()}
+        held_out = {"test": {int(fold)}, "val": {(int(fold) + 1) % N_FOLDS}}
+        wanted = held_out.get(part, set(range(N_FOLDS)) - held_out["test"] - held_out["val"])
+        listed = sorted(name for name, k in folds.items() if k in wanted)
+    else:
+        path = SPLIT_DIR / f"mit1003_{split}.txt"
+        listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if names is not None:
         unknown = sorted(set(listed) - set(names))
         if unknown:
@@ -252,7 +250,10 @@ def read_split(split, names=None):
 
 
 def make_splits(names, seed=SPLIT_SEED):
-    """Deterministic 803/100/100 split of the sorted names: a NumPy permutation seeded ``seed``."""
+    """Deterministic splits of MIT1003's 1003 sorted names, from one NumPy permutation seeded
+    ``seed``: {'train': 803, 'val': 100, 'test': 100 names} (in that order of the
+    permutation), and {name: fold} for 10 folds cut from the same permutation with
+    numpy.array_split (sizes 101, 101, 101, 100, ...)."""
     names = sorted(names)
     if len(names) != sum(SPLIT_SIZES.values()):
         raise DatasetError(f"MIT1003 has 1003 images; found {len(names)}")
@@ -261,7 +262,8 @@ def make_splits(names, seed=SPLIT_SEED):
     for split, size in SPLIT_SIZES.items():
         out[split] = sorted(names[i] for i in order[start:start + size])
         start += size
-    return out
+    folds = {names[i]: k for k, part in enumerate(np.array_split(order, N_FOLDS)) for i in part}
+    return out, dict(sorted(folds.items()))
 
 
 def _decode_one(args):
@@ -287,10 +289,15 @@ def _decode_one(args):
 
 
 def _cache_key(data_dir, names, stimuli):
+    """A hash of the folder and of the size and modification time of every file the cache
+    reads: each stimulus, its fixation map and its point map."""
     digest = hashlib.sha1(f"v{CACHE_VERSION} {Path(data_dir).resolve()} {SCALES}".encode())
+    maps_dir = Path(data_dir) / MAPS
     for name in names:
-        stat = stimuli[name].stat()
-        digest.update(f"{name} {stat.st_size} {stat.st_mtime_ns}".encode())
+        for path in (stimuli[name], maps_dir / f"{name}_fixMap.jpg",
+                     maps_dir / f"{name}_fixPts.jpg"):
+            stat = path.stat()
+            digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -305,7 +312,7 @@ def _load_cache(folder, key):
         n = len(meta["names"])
         if any(a.shape != (n, 3, s, s) for a, s in zip(arrays, SCALES)) or maps.shape[0] != n:
             return None
-        return meta["names"], meta.get("skipped", []), arrays, maps
+        return meta["names"], meta["skipped"], arrays, maps
     except (OSError, ValueError, KeyError):
         return None
 
@@ -314,16 +321,21 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
     """Decode and resize every stimulus of an MIT-layout folder once; reuse the cache later.
 
     The cache (one .npy per scale, the 400x400 maps, meta.json) lives in
-    ``cache_dir/<key>`` where the key hashes the folder's path and each stimulus' size and
-    modification time, so an edited dataset is re-read; a cache that fails to load or whose
-    shapes disagree with meta.json is rebuilt. It is written to a temporary folder and renamed,
-    so an interrupted build leaves no half cache. Returns (names, scales arrays, maps array).
+    ``cache_dir/<key>`` (``_cache_key``: every file's size and modification time), so an
+    edited dataset is re-read; a cache that fails to load or whose shapes disagree with
+    meta.json is rebuilt, and so is one that skipped an image that now reads (a failure, such as
+    a passing I/O error, is never kept). It is written to a temporary folder and renamed, so an
+    interrupted build leaves no half cache. Returns (names, scales arrays, maps array, key).
     """
     from tqdm import tqdm
     names, stimuli = mit_layout_names(data_dir)
     key = _cache_key(data_dir, names, stimuli)
     folder = Path(cache_dir) / key
     cached = _load_cache(folder, key)
+    if cached is not None and any(not isinstance(_decode_one((str(stimuli[n]),
+                                                             str(Path(data_dir) / MAPS), n))[1], str)
+                                  for n, _ in cached[1]):
+        cached = None
     if cached is None:
         jobs = [(str(stimuli[n]), str(Path(data_dir) / MAPS), n) for n in names]
         results = []
@@ -335,9 +347,10 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
         for note in (note for _, _, notes in results for note in notes):
             warnings.warn(note)
         kept = [(n, r) for n, r, _ in results if not isinstance(r, str)]
-        skipped = [r for _, r, _ in results if isinstance(r, str)]
+        skipped = [(n, r) for n, r, _ in results if isinstance(r, str)]
         if not kept:
-            raise DatasetError(f"no usable image in {data_dir}: {skipped[:3]}")
+            raise DatasetError(f"no usable image in {data_dir}: "
+                               f"{[message for _, message in skipped[:3]]}")
         tmp = Path(cache_dir) / f".{key}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -350,9 +363,9 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
         os.replace(tmp, folder)
         cached = _load_cache(folder, key)
     cached_names, skipped, arrays, maps = cached
-    for message in skipped:
+    for _, message in skipped:
         warnings.warn(message)
-    return cached_names, arrays, maps
+    return cached_names, arrays, maps, key
 
 
 def read_ground_truth(data_dir, name):
@@ -372,7 +385,7 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
     is read when ``ground_truth`` is True (default: for every split but 'train', whose
     training only needs the 400x400 maps).
     """
-    names, arrays, maps = build_image_cache(data_dir, cache_dir, workers, progress)
+    names, arrays, maps, key = build_image_cache(data_dir, cache_dir, workers, progress)
     if split == "all":
         chosen = list(range(len(names)))
     else:
@@ -393,7 +406,33 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
             fixations.append(points)
             densities.append(density)
     return SaliencySet(chosen_names, scales, torch.from_numpy(np.ascontiguousarray(maps[idx])),
-                       fixations, densities)
+                       fixations, densities, cache_key=key)
+
+
+def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, seed=0):
+    """What main.py trains and validates on -> (train set, val set, record of the source).
+
+    data_dir: an MIT-layout folder (the 803/100/100 split, or with ``fold`` K the
+    cross-validation folds: train on eight, validate on fold K + 1, fold K held out), a folder
+    of the coursework's files, or 'synthetic' (scenes generated from ``seed``). The record
+    ({'source', 'dir', 'cache_key'} or {'source', 'seed'}) lets a resumed run check that its
+    data did not change."""
+    if data_dir == SYNTHETIC or is_coursework_dir(data_dir):
+        if fold is not None:
+            raise DatasetError("--fold needs the MIT1003 layout: pass its folder with --data-dir")
+    if data_dir == SYNTHETIC:
+        print(f"note: training on a built-in SYNTHETIC saliency set ({SYNTHETIC_SIZES['train']} "
+              f"train / {SYNTHETIC_SIZES['val']} val scenes), not MIT1003. For the real thing, "
+              f"run 'python dataset.py download' or pass --data-dir.", file=sys.stderr)
+        return (load_synthetic(SYNTHETIC_SIZES["train"], seed),
+                load_synthetic(SYNTHETIC_SIZES["val"], seed + 10_000),
+                {"source": SYNTHETIC, "seed": seed, "sizes": dict(SYNTHETIC_SIZES)})
+    if is_coursework_dir(data_dir):
+        return (load_coursework(data_dir, "train"), load_coursework(data_dir, "val"),
+                {"source": "coursework", "dir": str(data_dir)})
+    splits = ("train", "val") if fold is None else (f"fold{fold}/train", f"fold{fold}/val")
+    train, val = (load_mit(data_dir, split, cache_dir, workers) for split in splits)
+    return train, val, {"source": "mit", "dir": str(data_dir), "cache_key": train.cache_key}
 
 
 # ----------------------------------------------------------------------------- coursework
@@ -412,7 +451,7 @@ def _torch_load(path):
     except Exception as error:  # noqa: BLE001 - any unpickling failure is the same bad file
         raise DatasetError(f"cannot load {path} as a tensor file ({type(error).__name__}: "
                            f"{str(error).splitlines()[0][:200]}). Re-create it with "
-                           f"'python dataset.py export'.")
+                           f"'python -m tools.export_coursework'.")
 
 
 def load_coursework(data_dir, split):
@@ -444,39 +483,6 @@ def load_coursework(data_dir, split):
         densities.append(density)
     maps = torch.stack([resize_map_uint8(d) for d in densities])
     return SaliencySet(names, scales, maps, fixations, densities)
-
-
-def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
-    """Write our MIT1003 split in the coursework's format (train/val/test_data.pth.tar).
-
-    Training crops are one fixed draw of locations (seed ``seed``); val/test files hold the
-    three resized images as float [3, S, S] in [0, 1], the full image, and the 50x50 grid's
-    crop centres in 400x400 pixels. Also copies ALLFIXATIONMAPS beside them.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "test"):
-        data = load_mit(data_dir, split, cache_dir)
-        if split == "train":
-            generator = torch.Generator().manual_seed(seed)
-            image_index, rel, labels = sample_locations(data.maps, generator)
-            crops = cut_crops([pad_images(s) for s in data.scales], image_index, rel)
-            records = [{"X": crops[k], "y": int(labels[k]), "file": data.names[image_index[k]]}
-                       for k in range(len(labels))]
-        else:
-            centres = torch.floor(grid_locations() * SCALES[0]).long()
-            records = []
-            for i, name in enumerate(data.names):
-                image = open_rgb(Path(data_dir) / STIMULI / f"{name}.jpeg")
-                full = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-                record = {"X": full.float() / 255, "spatial_coords": centres, "y": -1,
-                          "file": f"{name}.jpeg"}
-                for s, scale in zip(SCALES, data.scales):
-                    record[f"X_{s}"] = scale[i].float() / 255
-                records.append(record)
-        torch.save(records, output_dir / COURSEWORK_FILES[split])
-    if not (output_dir / MAPS).exists():
-        shutil.copytree(Path(data_dir) / MAPS, output_dir / MAPS)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -541,83 +547,34 @@ def load_synthetic(n_images, seed):
 
 
 # ----------------------------------------------------------------------------- sampling
-def fixation_prior(maps):
-    """Where fixations fall across a set of images: float [H, W], the fraction of ``maps``
-    (uint8 [N, H, W]) that are above the fixation threshold at each pixel, plus a floor of
-    1e-3 so that every pixel stays possible."""
-    return (maps > FIXATION_THRESHOLD * 255).float().mean(0) + 1e-3
+def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, n_uniform=0):
+    """Draw one epoch's training locations from fixation maps.
 
-
-def fixation_point_locations(fixations):
-    """Relative locations of the recorded human fixations: bool [H, W] point maps (one per
-    image, any size; None where unknown) -> list of float [K, 2] (row, column) in [0, 1) at
-    the pixel centres. Raises DatasetError where the fixation points are not known."""
-    if not fixations or any(points is None for points in fixations):
-        raise DatasetError("these images have no fixation points: use --positives map-peak")
-    locations = []
-    for points in fixations:
-        points = torch.as_tensor(np.asarray(points))
-        height, width = points.shape
-        rows, cols = torch.nonzero(points, as_tuple=True)
-        locations.append(torch.stack([(rows + 0.5) / height, (cols + 0.5) / width], 1).float())
-    return locations
-
-
-def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, negative_weights=None,
-                     positive_locations=None, fixation_threshold=FIXATION_THRESHOLD,
-                     n_uniform=0, map_labels=False):
-    """Draw training locations from fixation maps.
-
-    maps: uint8 [N, H, W] with the maximum scaled to 255. Per image, ``n_fixation``
-    locations where the map (scaled to [0, 1]) is > ``fixation_threshold`` (0.9), or, with
-    ``positive_locations``
-    (``fixation_point_locations``: float [K_i, 2] per image), among the recorded human
-    fixations; and ``n_non_fixation`` where the map is < 0.1; all with replacement. Negatives
-    are drawn uniformly, or, with ``negative_weights`` (float [H, W], e.g. ``fixation_prior``
-    of the training maps), in proportion to those weights, so that negatives share the
-    positives' centre bias and position alone predicts nothing (what shuffled AUC rewards).
-    ``n_uniform`` more locations per image are drawn uniformly over the whole image. With
-    ``map_labels`` every location is labelled with the fixation map's value there (in [0, 1])
-    instead of 1 / 0, so that the in-between locations teach the model the graded density.
+    maps: uint8 [N, H, W] with the maximum scaled to 255. Per image, with replacement:
+    ``n_fixation`` locations where the map (scaled to [0, 1]) is above 0.9, labelled 1;
+    ``n_non_fixation`` where it is below 0.1, labelled 0; and ``n_uniform`` anywhere, with no
+    label (NaN: only distillation, which gives every location a target, draws them).
     Returns (image index int64 [M], relative location float [M, 2] at the pixel centres,
-    label float [M]); images lacking either kind are skipped.
+    label float [M]); images lacking fixation or non-fixation pixels are skipped.
     """
-    if n_uniform and not map_labels:
-        raise ValueError("uniformly drawn locations have no binary label: use map_labels")
     n_images, height, width = maps.shape
     flat = maps.reshape(n_images, -1)
-    weights = None if negative_weights is None else negative_weights.reshape(-1).float()
     to_relative = lambda pixel: torch.stack([(pixel // width + 0.5) / height,
                                              (pixel % width + 0.5) / width], 1).float()
-    # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties at the defaults
+    # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties
     index, rel, label = [], [], []
     for i in range(n_images):
+        positive = torch.nonzero(flat[i] > FIXATION_THRESHOLD * 255).squeeze(1)
         negative = torch.nonzero(flat[i] < NON_FIXATION_THRESHOLD * 255).squeeze(1)
-        if positive_locations is None:
-            positive = torch.nonzero(flat[i] > fixation_threshold * 255).squeeze(1)
-        else:
-            positive = positive_locations[i]
         if len(positive) == 0 or len(negative) == 0:
             continue
-        pick = torch.randint(len(positive), (n_fixation,), generator=generator)
-        rel.append(to_relative(positive[pick]) if positive_locations is None else positive[pick])
-        if weights is not None:
-            pick = torch.multinomial(weights[negative], n_non_fixation, replacement=True,
-                                     generator=generator)
-        else:
-            pick = torch.randint(len(negative), (n_non_fixation,), generator=generator)
-        rel.append(to_relative(negative[pick]))
-        uniform = torch.randint(height * width, (n_uniform,), generator=generator)
-        rel.append(to_relative(uniform))
+        pixels = [positive[torch.randint(len(positive), (n_fixation,), generator=generator)],
+                  negative[torch.randint(len(negative), (n_non_fixation,), generator=generator)],
+                  torch.randint(height * width, (n_uniform,), generator=generator)]
+        rel.append(to_relative(torch.cat(pixels)))
         index.append(torch.full((n_fixation + n_non_fixation + n_uniform,), i, dtype=torch.long))
-        if map_labels:
-            pixels = (rel[-3] * torch.tensor([height, width])).long()
-            pixels = torch.minimum(pixels, torch.tensor([height - 1, width - 1]))
-            values = torch.cat([flat[i][pixels[:, 0] * width + pixels[:, 1]],
-                                flat[i][negative[pick]], flat[i][uniform]])
-            label.append(values.float() / 255)
-        else:
-            label += [torch.ones(n_fixation), torch.zeros(n_non_fixation)]
+        label += [torch.ones(n_fixation), torch.zeros(n_non_fixation),
+                  torch.full((n_uniform,), float("nan"))]
     return torch.cat(index), torch.cat(rel), torch.cat(label)
 
 
@@ -632,22 +589,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    split = sub.add_parser("split", help="write the 803/100/100 split files")
+    split = sub.add_parser("split", help="write the 803/100/100 split and the 10 folds")
     split.add_argument("--data-dir", default="data/MIT1003", help="MIT1003 folder")
-    export = sub.add_parser("export", help="write our split in the coursework's file format")
-    export.add_argument("--data-dir", default="data/MIT1003", help="MIT1003 folder")
-    export.add_argument("--output-dir", required=True, help="folder for the .pth.tar files")
-    export.add_argument("--cache-dir", default=".cache", help="resized-image cache")
-    export.add_argument("--seed", type=int, default=0, help="seed of the training locations")
     args = parser.parse_args(argv)
     show_warnings_plainly()
     try:
         if args.command == "split":
             names, _ = mit_layout_names(args.data_dir)
             SPLIT_DIR.mkdir(exist_ok=True)
-            for name, members in make_splits(names).items():
+            splits, folds = make_splits(names)
+            for name, members in splits.items():
                 (SPLIT_DIR / f"mit1003_{name}.txt").write_text("\n".join(members) + "\n")
                 print(f"wrote {SPLIT_DIR / f'mit1003_{name}.txt'} ({len(members)} images)")
+            path = SPLIT_DIR / f"mit1003_folds{N_FOLDS}.txt"
+            path.write_text("".join(f"{name} {fold}\n" for name, fold in folds.items()))
+            print(f"wrote {path} (1003 images, {N_FOLDS} folds)")
         else:
             export_coursework(args.data_dir, args.output_dir, args.cache_dir, args.seed)
             print(f"wrote {', '.join(COURSEWORK_FILES.values())} to {args.output_dir}")

@@ -19,17 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset import SCALES, crop_starts, cut_crops, grid_locations, pad_images
+from devices import autocast_context
 from MrCNN import CROP_SIZE
 
 STRIDE = 8  # three 2x2 max-pools
 MODES = ("fcn", "crops")
 FCN_PHASES = 2
-
-
-def autocast_context(device, precision):
-    """torch.autocast for 'bf16'/'fp16' on ``device``; a disabled one for 'fp32'."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -148,7 +143,6 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
         run = _fcn_logits if mode == "fcn" else _crops_logits
         logits = run(model, scales, grid_size, batch_size, phases)
     return torch.sigmoid(logits.float()).cpu()
-
 
 
 def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8):

@@ -1,24 +1,22 @@
 """Train Mr-CNN / Mr-CNNs (Liu et al., CVPR 2015) to predict eye fixations.
 
-    python main.py                                   # synthetic set if data/MIT1003 is absent
-    python main.py --data-dir ../shared/data/MIT1003 --model MrCNNs
-    python main.py --resume checkpoint/<run>/epoch_5.pth
+    python main.py                                    # data/MIT1003, else a synthetic set
+    python main.py --data-dir data/MIT1003 --model MrCNNs
+    python main.py --data-dir data/MIT1003 --fold 3   # 10-fold cross-validation, fold 3 held out
+    python main.py --resume checkpoint/<run>/interrupted.pth
 
-Reads the data (MIT1003 layout, the coursework's .pth.tar files, or the built-in synthetic
-set), trains with per-epoch freshly drawn fixation / non-fixation locations, validates with
-AUC-Judd and shuffled AUC of dense maps, logs to TensorBoard and writes checkpoints under
-checkpoint/<run>/.
+Each epoch draws fresh fixation / non-fixation locations per training image, trains on their
+three-scale crops, then validates with AUC-Judd and shuffled AUC of dense maps. Everything a
+run writes goes to checkpoint/<run>/: checkpoints, TensorBoard events, feature pictures.
 """
 import argparse
-import copy
-import hashlib
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,765 +25,444 @@ from torch import nn
 
 import dataset
 import metrics
-from checkpoints import (CheckpointError, load_checkpoint, model_from_checkpoint,
-                         save_checkpoint)
-from inference import autocast_context, blur_map, predict_maps, sample_maps
-from MrCNN import build_model
+from checkpoints import (CheckpointError, capture_rng, load_checkpoint, model_from_checkpoint,
+                         new_run_dir, restore_rng, save_checkpoint)
+from devices import DEVICES, PRECISIONS, autocast_context, pick_device, pick_precision
+from distil import teacher_maps
+from features import FeatureRecorder, save_feature_maps
+from inference import predict_maps, sample_maps
+from models import MODELS, build_model
+from optimisation import FINAL_MOMENTUM, make_optimizer, momentum_at, train_step
 
 DEFAULT_DATA_DIR = "data/MIT1003"
-SYNTHETIC_SIZES = {"train": 64, "val": 16}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TEACHER_CACHE_VERSION = 1  # bump when predict_maps changes what it returns
+LOG_EVERY = 20  # steps between reads of the loss from the device (each read is a sync)
+NOT_RESUMED = ("resume", "init_from", "worker_count")  # how a run was started, this machine
+EPOCH_START = {"batch": 0, "sampler_state": None, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
 
 
-# Flags a resumed run does not take from its checkpoint: how it was started, and this machine.
-NOT_RESUMED = ("resume", "init_from", "worker_count")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with '(default: ...)' only where a default exists."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []) or "default" in action.help:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train Mr-CNN / Mr-CNNs on MIT1003.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="MrCNN", help="MrCNN (three streams) or MrCNNs "
-                        "(one shared stream)")
-    parser.add_argument("--data-dir", default=None, help=f"MIT1003 folder (ALLSTIMULI/, "
-                        f"ALLFIXATIONMAPS/) or a folder of the coursework's .pth.tar files; "
-                        f"when not given, {DEFAULT_DATA_DIR} if it exists, else a built-in "
-                        f"synthetic set")
-    parser.add_argument("--learning-rate", type=float, default=0.001, help="learning rate")
-    parser.add_argument("--batch-size", type=int, default=128, help="training batch size")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs to train")
-    parser.add_argument("--val-frequency", type=int, default=1, help="validate every N epochs")
-    parser.add_argument("--checkpoint-frequency", type=int, default=5,
-                        help="write epoch_N.pth every N epochs")
-    parser.add_argument("-j", "--worker-count", type=int, default=os.cpu_count(),
-                        help="processes for decoding images and torch threads")
-    parser.add_argument("--log-dir", default="logs", help="TensorBoard log folder")
-    parser.add_argument("--checkpoint-dir", default="checkpoint", help="checkpoint folder")
-    parser.add_argument("--cache-dir", default=".cache", help="resized-image cache folder")
-    parser.add_argument("--run-name", default=None, help="run folder name (default: model, "
-                        "optimiser, lr, batch size and time)")
-    parser.add_argument("--resume", default=None, metavar="PATH",
-                        help="continue the run saved in this checkpoint")
-    parser.add_argument("--init-from", default=None, metavar="PATH",
-                        help="start a new run from this checkpoint's weights and input "
-                             "normalisation (fine-tuning: fresh optimiser, epoch 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="auto: cuda if available")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="autocast precision; auto: bf16 where the hardware has it")
-    parser.add_argument("--dropout", type=float, default=0.5, help="dropout probability")
-    parser.add_argument("--batch-norm", action="store_true", help="BatchNorm after each conv "
-                        "(not in the paper)")
-    parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"),
-                        help="adam, or sgd with the paper's momentum schedule")
-    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum at epoch 1")
-    parser.add_argument("--final-momentum", type=float, default=0.99,
-                        help="SGD momentum at the last epoch (linear schedule)")
-    parser.add_argument("--weight-decay", type=float, default=2e-4, help="weight decay")
-    parser.add_argument("--ema-decay", type=float, default=0.0,
-                        help="validate and save an exponential moving average of the weights "
-                             "with this decay per step (e.g. 0.998); 0: off")
-    parser.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
-                        help="learning-rate schedule over the epochs")
-    parser.add_argument("--max-norm", type=float, default=0.0, help="clip the L2 norm of "
-                        "each conv1 filter to this after every step (paper: 0.1; 0: off)")
-    parser.add_argument("--fixations-per-image", type=int, default=10,
-                        help="fixation locations drawn per image and epoch")
-    parser.add_argument("--non-fixations-per-image", type=int, default=20,
-                        help="non-fixation locations drawn per image and epoch")
-    parser.add_argument("--negatives", default="uniform", choices=("uniform", "centre-matched"),
-                        help="where non-fixation locations are drawn: uniformly, or as often "
-                             "as fixations fall there across the training images")
-    parser.add_argument("--positives", default="map-peak", choices=("map-peak", "fixation-points"),
-                        help="where fixation locations are drawn: where the fixation map is "
-                             "above 0.9 of its maximum, or among the recorded human fixations")
-    parser.add_argument("--fixation-threshold", type=float, default=dataset.FIXATION_THRESHOLD,
-                        help="with --positives map-peak: fixation locations are where the map "
-                             "exceeds this fraction of its maximum")
-    parser.add_argument("--labels", default="binary", choices=("binary", "map"),
-                        help="training targets: 1 for fixation and 0 for non-fixation "
-                             "locations (the paper), or the fixation map's value there in [0, 1]")
-    parser.add_argument("--uniform-locations-per-image", type=int, default=0,
-                        help="with --labels map: locations drawn uniformly over the image per "
-                             "image and epoch, on top of the fixation and non-fixation ones")
-    parser.add_argument("--teacher", action="append", default=[], metavar="PATH",
-                        help="distil: train towards the mean fixation probability that these "
-                             "checkpoints (repeat the flag for an ensemble) give each training "
-                             "location on their dense maps")
-    parser.add_argument("--teacher-weight", type=float, default=1.0,
-                        help="with --teacher: target = w * teacher + (1 - w) * label")
-    parser.add_argument("--teacher-blur", type=float, default=0.0,
-                        help="with --teacher: Gaussian blur of the teachers' maps, sigma as a "
-                             "fraction of the image size (0: none)")
-    parser.add_argument("--location-jitter", type=float, default=0.0, metavar="S",
-                        help="cut each training crop at a location moved by a Gaussian of std S "
-                        "(fraction of the image size) from the one whose label it learns")
-    parser.add_argument("--freeze-locations", action="store_true",
-                        help="draw the training locations once instead of every epoch")
-    parser.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    parser.add_argument("--colour-jitter", type=float, default=0.0, metavar="S",
-                        help="random saturation, contrast and brightness factors in "
-                             "[1 - S, 1 + S] per training sample; 0: off")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the model for training; falls back to eager mode "
-                             "if compiling fails (slower than eager on a 2-core CPU, see README)")
-    parser.add_argument("--inference", default="fcn", choices=("fcn", "crops"),
-                        help="dense-inference mode for validation")
-    parser.add_argument("--val-images", type=int, default=0,
-                        help="validate on the first N val images only (0: all)")
-    parser.add_argument("--log-frequency", type=int, default=20,
-                        help="read the loss from the device every N steps")
-    args = parser.parse_args(argv)
+    """Command line -> argparse.Namespace; with --resume, the run's own flags are the defaults."""
+    p = argparse.ArgumentParser(description="Train Mr-CNN / Mr-CNNs on MIT1003.",
+                                formatter_class=HelpFormatter)
+    add = p.add_argument
+    add("--model", default="MrCNN", choices=MODELS, help="three streams or one shared stream")
+    add("--data-dir", help=f"MIT-layout folder, a folder of the coursework's .pth.tar files, or "
+        f"'{dataset.SYNTHETIC}' (default: {DEFAULT_DATA_DIR} if it exists, else synthetic)")
+    add("--fold", type=int, help="cross-validation: hold out fold K of splits/mit1003_folds10.txt,"
+        " validate on fold K+1, train on the other eight (default: the 803/100/100 split)")
+    add("--epochs", type=int, help="epochs to train (default: 20; 5 on the synthetic set)")
+    add("--batch-size", type=int, default=128, help="training batch size")
+    add("--learning-rate", type=float, default=0.001, help="learning rate")
+    add("--optimizer", default="adam", choices=("adam", "sgd"), help="adam, or SGD whose "
+        f"momentum rises linearly from --momentum to {FINAL_MOMENTUM} (the paper)")
+    add("--momentum", type=float, default=0.9, help="SGD momentum at epoch 1")
+    add("--weight-decay", type=float, default=2e-4, help="weight decay")
+    add("--lr-schedule", default="constant", choices=("constant", "cosine"), help="over epochs")
+    add("--max-norm", type=float, default=0.0, help="clip each conv1 filter's L2 norm to this "
+        "after every step (the paper: 0.1; 0: off)")
+    add("--dropout", type=float, default=0.5, help="dropout probability")
+    add("--batch-norm", action="store_true", help="BatchNorm after each conv (not the paper's)")
+    add("--fixations-per-image", type=int, default=10,
+        help="fixation locations (map > 0.9 of its maximum) per image and epoch")
+    add("--non-fixations-per-image", type=int, default=20,
+        help="non-fixation locations (map < 0.1) per image and epoch")
+    add("--no-flip", action="store_true", help="no random horizontal flips")
+    add("--teacher", action="append", default=[], metavar="PATH", help="distil: train towards "
+        "the mean dense map of these checkpoints (repeat the flag) instead of 1 / 0 labels")
+    add("--teacher-blur", type=float, default=0.0, help="with --teacher: Gaussian blur of the "
+        "teachers' mean map, sigma as a fraction of the image size")
+    add("--uniform-locations-per-image", type=int, default=0,
+        help="with --teacher: more locations per image and epoch, drawn anywhere")
+    add("--seed", type=int, default=0, help="seed of everything random")
+    add("--device", default="auto", choices=DEVICES, help="auto: cuda if available")
+    add("--precision", default="auto", choices=PRECISIONS,
+        help="autocast precision; auto: bf16 where the hardware has it, else fp32")
+    add("-j", "--worker-count", type=int, default=os.cpu_count(),
+        help="image-decoding processes and torch threads")
+    add("--val-frequency", type=int, default=1, help="validate every N epochs")
+    add("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    add("--init-from", metavar="PATH", help="start a new run from this checkpoint's weights "
+        "and input normalisation (fine-tuning)")
+    add("--run-name", help="run folder (default: model, optimiser, lr, batch size, fold, time)")
+    add("--checkpoint-dir", default="checkpoint", help="runs go to <dir>/<run>/")
+    add("--cache-dir", default=".cache", help="resized images and teacher maps")
+    args = p.parse_args(argv)
     if args.resume and Path(args.resume).is_file():
-        # The resumed run's own flags become the defaults: only what changes (--epochs) is given.
         try:
             saved = load_checkpoint(args.resume).get("args", {})
         except CheckpointError as error:
             raise SystemExit(f"error: {error}")
-        parser.set_defaults(**{key: value for key, value in saved.items()
-                               if key in vars(args) and key not in NOT_RESUMED})
-        args = parser.parse_args(argv)
+        p.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)
+                          and k not in NOT_RESUMED})
+        args = p.parse_args(argv)
     return args
 
 
 def check_args(args):
-    """Reject impossible settings with one clear message."""
-    problems = []
-    if args.model not in ("MrCNN", "MrCNNs"):
-        problems.append(f"unknown --model {args.model!r}: choose MrCNN or MrCNNs")
-    if args.epochs < 1:
+    """Reject settings the code cannot use, with one line naming every bad flag."""
+    problems = [f"--{name.replace('_', '-')} must be at least {low} (got {value})"
+                for name, low in (("batch_size", 1), ("fixations_per_image", 1),
+                                  ("non_fixations_per_image", 1), ("val_frequency", 1),
+                                  ("uniform_locations_per_image", 0), ("worker_count", 1),
+                                  ("seed", 0))
+                if (value := getattr(args, name)) is not None and value < low]
+    for name, low, high, value in (
+            ("learning-rate", 0, math.inf, args.learning_rate), ("dropout", 0, 1, args.dropout),
+            ("momentum", 0, 1, args.momentum), ("weight-decay", 0, math.inf, args.weight_decay),
+            ("max-norm", 0, math.inf, args.max_norm), ("teacher-blur", 0, 0.5, args.teacher_blur)):
+        if not (low <= value < high and (name != "learning-rate" or value > 0)):
+            problems.append(f"--{name} must be in [{low}, {high}) (got {value})")
+    if args.epochs is not None and args.epochs < 1:
         problems.append(f"--epochs must be at least 1 (got {args.epochs})")
-    if not args.learning_rate > 0:
-        problems.append(f"--learning-rate must be positive (got {args.learning_rate})")
-    if args.batch_size < 1:
-        problems.append(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if not 0 <= args.dropout < 1:
-        problems.append(f"--dropout must be in [0, 1) (got {args.dropout})")
-    if not 0 <= args.colour_jitter < 1:
-        problems.append(f"--colour-jitter must be in [0, 1) (got {args.colour_jitter})")
-    if not 0.1 <= args.fixation_threshold < 1:
-        problems.append(f"--fixation-threshold must be in [0.1, 1) (above the non-fixation "
-                        f"threshold; got {args.fixation_threshold})")
-    if args.uniform_locations_per_image < 0:
-        problems.append(f"--uniform-locations-per-image must be at least 0 "
-                        f"(got {args.uniform_locations_per_image})")
-    elif args.uniform_locations_per_image and args.labels != "map":
-        problems.append("--uniform-locations-per-image needs --labels map: a uniformly drawn "
-                        "location is neither a fixation nor a non-fixation")
-    if not 0 <= args.teacher_weight <= 1:
-        problems.append(f"--teacher-weight must be in [0, 1] (got {args.teacher_weight})")
-    if not 0 <= args.teacher_blur < 0.5:
-        problems.append(f"--teacher-blur must be in [0, 0.5) (got {args.teacher_blur})")
-    if not 0 <= args.location_jitter < 0.5:
-        problems.append(f"--location-jitter must be in [0, 0.5) (got {args.location_jitter})")
-    if not 0 <= args.ema_decay < 1:
-        problems.append(f"--ema-decay must be in [0, 1) (got {args.ema_decay})")
+    if args.seed >= 2 ** 32:
+        problems.append(f"--seed must be below 2**32 (got {args.seed})")
+    if args.fold is not None and not 0 <= args.fold < dataset.N_FOLDS:
+        problems.append(f"--fold must be in 0..{dataset.N_FOLDS - 1} (got {args.fold})")
+    if args.uniform_locations_per_image and not args.teacher:
+        problems.append("--uniform-locations-per-image needs --teacher: a location drawn "
+                        "anywhere has no 1 / 0 label")
     if args.resume and args.init_from:
         problems.append("--resume and --init-from exclude each other: --resume continues a "
                         "run, --init-from starts a new one from its weights")
-    for flag in ("val_frequency", "checkpoint_frequency", "log_frequency"):
-        if getattr(args, flag) < 1:
-            problems.append(f"--{flag.replace('_', '-')} must be at least 1")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
 
 
-def pick_device(name):
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available; use --device cpu")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        (name if name != "auto" else "cpu"))
+def check_same_data(saved, data, path):
+    """Stop with one line when a resumed run's data is no longer what it trained on."""
+    ignore = ("dir",)  # the same folder may be reached by another path
+    if isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in ignore} != \
+            {k: v for k, v in data.items() if k not in ignore}:
+        raise SystemExit(f"error: the data in {data.get('dir', data['source'])} changed since "
+                         f"{path} was written (files added, removed or edited), so the run "
+                         f"cannot continue exactly. Restore the data or start a new run.")
 
 
-def pick_precision(name, device):
-    """'auto' -> bf16 on a GPU or CPU with native bf16 support, else fp32."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.backends.mkldnn.is_available() and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+def make_model(args, source, source_path, train_set):
+    """A new model (input statistics from the training images) or one from a checkpoint."""
+    options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
+    if source is None:
+        model = build_model(args.model, **options)
+        mean, std = train_set.pixel_mean_std()
+        model.input_mean.copy_(mean)
+        model.input_std.copy_(std)
+        return model
+    if args.resume:
+        options = source.get("model_options", options)
+    elif source.get("model_options", {}).get("batch_norm", False) != args.batch_norm:
+        raise SystemExit(f"error: {source_path} was trained "
+                         f"{'with' if not args.batch_norm else 'without'} --batch-norm; pass "
+                         f"the same to --init-from it.")
+    try:  # --init-from: --dropout applies (it has no weights)
+        return model_from_checkpoint(source, source_path, args.model, options)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}")
 
 
-def load_data(args):
-    """-> (train SaliencySet, val SaliencySet, description). Exits with a message on bad input."""
-    data_dir = args.data_dir
-    if data_dir is None and not Path(DEFAULT_DATA_DIR, dataset.STIMULI).is_dir():
-        print(f"note: no --data-dir given and {DEFAULT_DATA_DIR} holds no MIT1003, so this run "
-              f"trains on a built-in SYNTHETIC saliency set ({SYNTHETIC_SIZES['train']} train / "
-              f"{SYNTHETIC_SIZES['val']} val scenes). For the real thing, download MIT1003 "
-              f"(see README) into {DEFAULT_DATA_DIR} or pass --data-dir.", file=sys.stderr)
-        train = dataset.load_synthetic(SYNTHETIC_SIZES["train"], seed=args.seed)
-        val = dataset.load_synthetic(SYNTHETIC_SIZES["val"], seed=args.seed + 10_000)
-        return train, val, "synthetic"
-    data_dir = data_dir or DEFAULT_DATA_DIR
-    if dataset.is_coursework_dir(data_dir):
-        return (dataset.load_coursework(data_dir, "train"),
-                dataset.load_coursework(data_dir, "val"), f"coursework files in {data_dir}")
-    train = dataset.load_mit(data_dir, "train", args.cache_dir, args.worker_count,
-                             ground_truth=args.positives == "fixation-points")
-    val = dataset.load_mit(data_dir, "val", args.cache_dir, args.worker_count)
-    return train, val, f"MIT1003 at {data_dir}"
+def epoch_samples(args, train_set, generator, targets, device):
+    """One epoch's shuffled (image index, relative location or None, target, flip), drawn
+    here rather than per batch so that a run resumed mid-epoch sees the same batches. For the
+    coursework's pre-cut crops the index is the sample's and the location None."""
+    if train_set.samples is not None:
+        index, rel, labels = torch.arange(len(train_set.samples[1])), None, train_set.samples[1]
+    else:
+        index, rel, labels = dataset.sample_locations(
+            train_set.maps, generator, args.fixations_per_image, args.non_fixations_per_image,
+            args.uniform_locations_per_image)
+        if targets is not None:
+            labels = sample_maps(targets, index, rel)
+    order = torch.randperm(len(labels), generator=generator)
+    flip = (torch.rand(len(labels), generator=generator) < 0.5) & (not args.no_flip)
+    index_device = "cpu" if rel is None else device  # pre-cut crops stay in host memory
+    return (index[order].to(index_device), None if rel is None else rel[order].to(device),
+            labels[order].to(device), flip.to(device))
 
 
-class FeatureRecorder:
-    """Forward hooks that keep the output of every conv layer of one stream (first call only)."""
-
-    def __init__(self, stream):
-        self.activations = {}
-        convs = [m for m in stream.features if isinstance(m, nn.Conv2d)]
-        self.handles = [conv.register_forward_hook(self._hook(f"conv{i + 1}"))
-                        for i, conv in enumerate(convs)]
-
-    def _hook(self, name):
-        def hook(module, inputs, output):
-            self.activations.setdefault(name, output.detach().float().cpu())
-        return hook
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
-
-def image_grid(tiles, columns):
-    """float [N, H, W] -> [1, rows * (H+1), columns * (W+1)] tile image, each tile min-max scaled."""
-    n, h, w = tiles.shape
-    lo = tiles.reshape(n, -1).min(1).values.view(n, 1, 1)
-    hi = tiles.reshape(n, -1).max(1).values.view(n, 1, 1)
-    tiles = (tiles - lo) / (hi - lo).clamp_min(1e-8)
-    rows = math.ceil(n / columns)
-    grid = torch.ones(rows * (h + 1), columns * (w + 1))
-    for k in range(n):
-        r, c = divmod(k, columns)
-        grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = tiles[k]
-    return grid.unsqueeze(0)
-
-
-def save_feature_maps(model, recorder, writer, folder, step):
-    """Write conv1 filters and the recorded activations (first 4 crops) as TB images and PNGs."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    folder.mkdir(parents=True, exist_ok=True)
-    filters = model.stream(0).conv1.weight.detach().float().cpu()  # [96, 3, 7, 7]
-    lo, hi = filters.min(), filters.max()
-    rgb = ((filters - lo) / (hi - lo)).permute(0, 2, 3, 1)
-    fig, axes = plt.subplots(8, 12, figsize=(6, 4))
-    for ax, f in zip(axes.flat, rgb):
-        ax.imshow(f.numpy(), interpolation="nearest")
-        ax.axis("off")
-    fig.savefig(folder / "conv1_filters.png", dpi=120)
-    plt.close(fig)
-    writer.add_images("features/conv1_filters", rgb.permute(0, 3, 1, 2), step)
-    for name, act in recorder.activations.items():
-        for crop in range(min(4, act.shape[0])):
-            channels = act[crop, :32]
-            grid = image_grid(channels, columns=8)
-            writer.add_image(f"features/{name}_crop{crop}", grid, step)
-            plt.imsave(folder / f"{name}_crop{crop}.png", grid[0].numpy(), cmap="viridis")
-
-
-def capture_rng():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-            "python": list(random.getstate()[1]),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def restore_rng(state):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def momentum_at(args, epoch):
-    """Paper's SGD momentum: linear from --momentum (epoch 0) to --final-momentum (last)."""
-    if args.epochs <= 1:
-        return args.momentum
-    return args.momentum + (args.final_momentum - args.momentum) * epoch / (args.epochs - 1)
-
-
-def make_optimizer(args, model):
+def train_one_epoch(run, writer, bar_enabled):
+    """Train over one epoch's batches, from ``run['progress']['batch']`` on; returns
+    (mean loss, accuracy, seconds, samples/s). Raises KeyboardInterrupt between two steps
+    once a stop was requested, with the progress saved in ``run``."""
+    from tqdm import tqdm
+    args, model, progress = run["args"], run["model"], run["progress"]
+    model.train()
     if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate,
-                                    momentum=args.momentum, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate,
-                                     weight_decay=args.weight_decay)
-    if args.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    return optimizer, scheduler
-
-
-def clip_conv1(model, max_norm):
-    """Scale every conv1 filter whose L2 norm exceeds ``max_norm`` back onto that norm."""
-    with torch.no_grad():
-        for stream in model.streams:
-            w = stream.conv1.weight
-            norms = w.flatten(1).norm(dim=1).clamp_min(1e-12)
-            w.mul_((max_norm / norms).clamp(max=1.0).view(-1, 1, 1, 1))
-
-
-def train_step(model, optimizer, loss_fn, crops, target, precision, max_norm=0.0, scaler=None):
-    """One optimisation step on a batch; returns (logits, loss) as device tensors (no sync).
-
-    crops: float [B, 3, 3, 42, 42] in [0, 1]; target: float [B] of 0/1; precision: autocast
-    'fp32', 'bf16' or 'fp16' (the loss is computed in fp32). scaler: a torch.amp.GradScaler
-    for fp16 (its small gradients would underflow unscaled; a step whose gradients overflow is
-    skipped), or None.
-    """
-    with autocast_context(crops.device, precision):
-        logits = model(crops)
-    loss = loss_fn(logits.float(), target)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    if max_norm > 0:
-        clip_conv1(model, max_norm)
-    return logits, loss
-
-
-# Where the current epoch stands (batches done, the sampler's state when it began, running
-# sums), saved in checkpoints so that an interrupted epoch resumes exactly.
-EPOCH_START = {"batch": 0, "sampler_state": None, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
-
-
-class Trainer:
-    """Holds the run's state; ``train()`` runs the epochs, ``validate()`` scores the val set."""
-
-    def __init__(self, args):
-        self.args = args
-        self.device = pick_device(args.device)
-        self.precision = pick_precision(args.precision, self.device)
-        torch.manual_seed(args.seed)
-        np.random.seed(args.seed)
-        random.seed(args.seed)
-        self.resume_state = load_checkpoint(args.resume) if args.resume else None
-        weights_from = args.resume or args.init_from
-        weights_state = self.resume_state or (load_checkpoint(args.init_from)
-                                              if args.init_from else None)
-        # A resumed run keeps its model options; --init-from takes --dropout from the command
-        # line (dropout has no weights) but cannot change --batch-norm (it has).
-        self.model_options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
-        if self.resume_state is not None:
-            self.model_options = dict(self.resume_state.get("model_options", self.model_options))
-        elif weights_state is not None:
-            saved = weights_state.get("model_options", {}).get("batch_norm", False)
-            if saved != args.batch_norm:
-                raise SystemExit(f"error: {args.init_from} was trained "
-                                 f"{'with' if saved else 'without'} --batch-norm; pass the same "
-                                 f"to --init-from it.")
-        if weights_state is not None:  # checked before the data is read
-            try:
-                self.model = model_from_checkpoint(weights_state, weights_from, args.model,
-                                                   self.model_options)
-            except CheckpointError as error:
-                raise SystemExit(f"error: {error}")
-        if self.resume_state is not None and "optimizer_state" not in self.resume_state:
-            raise SystemExit(f"error: {args.resume} holds weights only (a shipped model), not a "
-                             f"run to resume. Use --init-from {args.resume} to start a new run "
-                             f"from its weights.")
-        self.train_set, self.val_set, self.data_description = load_data(args)
-        if args.val_images:
-            self.val_set = self.val_set.subset(list(range(min(args.val_images,
-                                                               len(self.val_set)))))
-        n_train = (len(self.train_set.samples[1]) if self.train_set.samples is not None else
-                   len(self.train_set) * (args.fixations_per_image + args.non_fixations_per_image
-                                          + args.uniform_locations_per_image))
-        if args.batch_size > n_train:
-            raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the "
-                             f"{n_train} training samples per epoch; use a smaller batch")
-        if weights_state is None:
-            self.model = build_model(args.model, **self.model_options)
-            mean, std = self.train_set.pixel_mean_std()
-            self.model.input_mean.copy_(mean)
-            self.model.input_std.copy_(std)
-        self.model.to(self.device)
-        self.ema_model = None
-        if args.ema_decay > 0:
-            self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-            if self.resume_state is not None and "train_model_state" in self.resume_state:
-                self.model.load_state_dict(self.resume_state["train_model_state"])
-        self.optimizer, self.scheduler = make_optimizer(args, self.model)
-        self.scaler = (torch.amp.GradScaler(self.device.type) if self.precision == "fp16"
-                       else None)
-        self.loss_fn = nn.BCEWithLogitsLoss()
-        self.compiled_model = torch.compile(self.model) if args.compile else None
-        self.generator = torch.Generator().manual_seed(args.seed)
-        self.epoch, self.step, self.best_metric = 0, 0, -math.inf
-        self.epoch_progress = dict(EPOCH_START)
-        self.stop_requested = False
-        self.run_name = args.run_name or time.strftime(
-            f"{args.model}_{args.optimizer}_lr{args.learning_rate:g}_bs{args.batch_size}_%Y%m%d-%H%M%S")
-        if self.resume_state is not None:
-            state = self.resume_state
-            self.optimizer.load_state_dict(state["optimizer_state"])
-            self.scheduler.load_state_dict(state["scheduler_state"])
-            if self.scaler is not None and state.get("scaler_state"):
-                self.scaler.load_state_dict(state["scaler_state"])
-            self.epoch, self.step = state["epoch"], state["step"]
-            self.best_metric = state["best_metric"]
-            self.run_name = args.run_name or state.get("run_name", self.run_name)
-            self.generator.set_state(state["rng_state"]["sampler"])
-            restore_rng(state["rng_state"])
-            self.epoch_progress = state.get("epoch_progress", self.epoch_progress)
-        self.run_dir = Path(args.checkpoint_dir) / self.run_name
-        self.train_scales = [dataset.pad_images(s).to(self.device) for s in self.train_set.scales]
-        self.frozen_locations = None
-        self.negative_weights = (dataset.fixation_prior(self.train_set.maps)
-                                 if args.negatives == "centre-matched"
-                                 and self.train_set.samples is None
-                                 else None)
-        self.positive_locations = (dataset.fixation_point_locations(self.train_set.fixations)
-                                   if args.positives == "fixation-points"
-                                   and self.train_set.samples is None
-                                   else None)
-        self.teacher_maps = self.teacher_predictions() if args.teacher else None
-        val_generator = torch.Generator().manual_seed(12345)
-        self.val_locations = (dataset.sample_locations(self.val_set.maps, val_generator)
-                              if len(self.val_set) else None)
-        self.val_scales = [dataset.pad_images(s).to(self.device) for s in self.val_set.scales]
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self):
-        """Everything a resume needs; ``model_state`` holds the weights that validation scored
-        (the moving average with --ema-decay, whose raw weights go in ``train_model_state``)."""
-        mean, std = self.model.input_mean.cpu(), self.model.input_std.cpu()
-        extra = {} if self.ema_model is None else {"train_model_state": self.model.state_dict()}
-        return {"model": self.args.model, "model_state": self.evaluated_model.state_dict(),
-                **extra,
-                "model_options": dict(self.model_options),
-                "normalisation": {"mean": mean.tolist(), "std": std.tolist()},
-                "optimizer_state": self.optimizer.state_dict(),
-                "scheduler_state": self.scheduler.state_dict(),
-                "scaler_state": None if self.scaler is None else self.scaler.state_dict(),
-                "epoch": self.epoch, "step": self.step, "best_metric": self.best_metric,
-                "args": {k: v for k, v in vars(self.args).items()},
-                "run_name": self.run_name, "data": self.data_description,
-                "rng_state": {**capture_rng(), "sampler": self.generator.get_state()},
-                "epoch_progress": dict(self.epoch_progress)}
-
-    @property
-    def evaluated_model(self):
-        """The model that validation scores and checkpoints ship: the EMA one, if any."""
-        return self.model if self.ema_model is None else self.ema_model
-
-    @torch.no_grad()
-    def update_ema(self):
-        """Move the EMA weights towards the current ones (a shorter average while young)."""
-        decay = min(self.args.ema_decay, (1 + self.step) / (10 + self.step))
-        ema = list(self.ema_model.parameters())
-        torch._foreach_lerp_(ema, list(self.model.parameters()), 1 - decay)
-        for ema_buffer, buffer in zip(self.ema_model.buffers(), self.model.buffers()):
-            ema_buffer.copy_(buffer)
-
-    def save(self, name):
-        save_checkpoint(self.state_dict(), self.run_dir / name)
-        return self.run_dir / name
-
-    # ------------------------------------------------------------------ training
-    def teacher_predictions(self):
-        """Mean dense map of the --teacher checkpoints over the training images, blurred by
-        --teacher-blur: float [N, S, S] fixation probabilities (S = 200 with blur, else 50)."""
-        args = self.args
-        if self.train_set.samples is not None:
-            raise SystemExit("error: --teacher needs whole training images (the MIT1003 "
-                             "layout), not the coursework's pre-cut crops")
-        # the cache key of every teacher's maps starts from the same training images
-        images = hashlib.sha1(f"{TEACHER_CACHE_VERSION} {self.device.type} {self.precision} "
-                              f"{self.train_set.names}".encode())
-        for scale in self.train_set.scales:
-            images.update(np.ascontiguousarray(scale.numpy()))  # no copy if contiguous
-        total = None
-        for path in args.teacher:
-            maps = self.teacher_maps_of(path, images)
-            total = maps if total is None else total + maps
-        mean = total / len(args.teacher)
-        if args.teacher_blur > 0:
-            mean = torch.stack([blur_map(m, args.teacher_blur) for m in mean])
-        return mean
-
-    def teacher_maps_of(self, path, images_digest):
-        """One teacher's dense maps of the training images, float [N, 50, 50] probabilities.
-
-        Computing them takes minutes on a CPU, so they are kept in <cache-dir>/teacher_maps/,
-        keyed by ``images_digest`` (a hashlib object over the training images, the device type
-        and the precision) and the teacher file's bytes: a later run with the same teacher
-        reads them back (a file that fails to load is recomputed)."""
-        cached = None
-        try:
-            digest = images_digest.copy()
-            digest.update(Path(path).read_bytes())
-            cached = Path(self.args.cache_dir) / "teacher_maps" / f"{digest.hexdigest()[:20]}.pt"
-            maps = torch.load(cached, weights_only=True)
-            if maps.shape[0] == len(self.train_set):
-                print(f"teacher {path}: dense maps read from {cached}", flush=True)
-                return maps
-        except Exception:  # not cached yet, an unreadable cache file, or an unreadable teacher
-            pass           # file (load_checkpoint below says what is wrong with it)
-        try:
-            teacher = model_from_checkpoint(load_checkpoint(path), path).to(self.device)
-        except CheckpointError as error:
-            raise SystemExit(f"error: {error}")
-        maps = torch.stack(predict_maps(teacher, self.train_set, precision=self.precision)).cpu()
-        print(f"teacher {path}: dense maps of {len(maps)} training images", flush=True)
-        if cached is not None:
-            try:
-                save_checkpoint(maps, cached)
-            except OSError as error:
-                warnings.warn(f"could not cache teacher maps in {cached}: {error}")
-        return maps
-
-    def draw_locations(self, generator):
-        """dataset.sample_locations over the training maps with this run's settings."""
-        args = self.args
-        return dataset.sample_locations(
-            self.train_set.maps, generator, args.fixations_per_image,
-            args.non_fixations_per_image, self.negative_weights, self.positive_locations,
-            args.fixation_threshold, args.uniform_locations_per_image, args.labels == "map")
-
-    def epoch_samples(self):
-        """(image index, relative location, label, flip, colour factors [M, 3] or None) for one
-        epoch, shuffled, moved to the device once per epoch (for the coursework's pre-cut
-        crops: sample index, None, ...). Drawn here, not per batch, so that a run resumed
-        mid-epoch sees the same augmentation."""
-        if self.train_set.samples is not None:
-            labels = self.train_set.samples[1]
-            index, rel = torch.arange(len(labels)), None
-        elif self.args.freeze_locations:
-            if self.frozen_locations is None:  # from the seed alone, so a resumed run has them
-                self.frozen_locations = self.draw_locations(
-                    torch.Generator().manual_seed(self.args.seed))
-            index, rel, labels = self.frozen_locations
+        for group in run["optimizer"].param_groups:
+            group["momentum"] = momentum_at(args.momentum, run["epoch"], args.epochs)
+    if progress["batch"] == 0:
+        progress["sampler_state"] = run["generator"].get_state()
+    else:  # resuming an interrupted epoch: draw the same samples again
+        run["generator"].set_state(progress["sampler_state"])
+    index, rel, labels, flip = epoch_samples(args, run["train_set"], run["generator"],
+                                             run["targets"], run["device"])
+    loss_sum = torch.full((), progress["loss_sum"], device=run["device"])
+    correct = torch.full((), progress["correct"], device=run["device"])
+    seen = seen_before = progress["seen"]
+    start, n_batches = time.perf_counter(), len(labels) // args.batch_size  # no ragged batch
+    for b in tqdm(range(progress["batch"], n_batches), desc=f"epoch {run['epoch'] + 1}",
+                  leave=False, disable=not bar_enabled, unit="batch"):
+        sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
+        if rel is None:
+            crops = run["train_set"].samples[0][index[sl]].to(run["device"])
+            crops = torch.where(flip[sl, None, None, None, None], crops.flip(-1), crops)
         else:
-            index, rel, labels = self.draw_locations(self.generator)
-        if self.teacher_maps is not None and rel is not None:
-            w = self.args.teacher_weight
-            labels = w * sample_maps(self.teacher_maps, index, rel) + (1 - w) * labels
-        order = torch.randperm(len(labels), generator=self.generator)
-        flip = (torch.rand(len(labels), generator=self.generator) < 0.5) & (not self.args.no_flip)
-        jitter = None
-        if self.args.colour_jitter > 0:
-            jitter = 1 + self.args.colour_jitter * (
-                2 * torch.rand(len(labels), 3, generator=self.generator) - 1)
-            jitter = jitter.to(self.device)
-        if rel is not None:
-            rel = rel[order]
-            if self.args.location_jitter > 0:  # drawn last, so the other draws stay as they were
-                # label from the drawn location, crop from a nearby one: the model cannot tell
-                # locations a few pixels apart, which smooths its map
-                shift = torch.randn(rel.shape, generator=self.generator)
-                rel = (rel + self.args.location_jitter * shift).clamp(0, 1 - 1e-6)
-        index_device = "cpu" if rel is None else self.device  # pre-cut crops stay in host memory
-        return (index[order].to(index_device), None if rel is None else rel.to(self.device),
-                labels[order].to(self.device), flip.to(self.device), jitter)
+            crops = dataset.cut_crops(run["train_scales"], index[sl], rel[sl], flip[sl])
+        logits, loss = train_step(model, run["optimizer"], crops, labels[sl], run["precision"],
+                                  args.max_norm, run["scaler"])
+        if run["recorder"] is not None:  # its hooks saw this first step
+            run["recorder"].remove()
+            save_feature_maps(model, run["recorder"].activations, writer,
+                              run["dir"] / "features", run["step"])
+            run["recorder"] = None
+        loss_sum += loss.detach() * len(logits)
+        correct += ((logits.detach() > 0) == (labels[sl] > 0.5)).sum()
+        seen += len(logits)
+        run["step"] += 1
+        if run["stop"]:  # Ctrl-C / SIGTERM: stop between steps, never inside one
+            progress.update(batch=b + 1, loss_sum=float(loss_sum), correct=float(correct),
+                            seen=seen)
+            raise KeyboardInterrupt
+        if run["step"] % LOG_EVERY == 0:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at step {run['step']}")
+            writer.add_scalar("train/loss", value, run["step"])
+    seconds = time.perf_counter() - start
+    mean_loss, accuracy = float(loss_sum) / max(seen, 1), float(correct) / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"loss became {mean_loss} in epoch {run['epoch'] + 1}")
+    run["scheduler"].step()
+    run["progress"] = dict(EPOCH_START)
+    return mean_loss, accuracy, seconds, (seen - seen_before) / seconds
 
-    def batch_crops(self, index, rel, flip, jitter=None):
-        if rel is None:  # coursework files: pre-cut crops
-            crops = self.train_set.samples[0][index].to(self.device)
-            crops = torch.where(flip[:, None, None, None, None], crops.flip(-1), crops)
-        else:
-            crops = dataset.cut_crops(self.train_scales, index, rel, flip)
-        return crops if jitter is None else dataset.colour_jitter(crops, jitter)
 
-    def train_epoch(self, writer, recorder, progress):
-        from tqdm import tqdm
-        args, model = self.args, self.model
-        model.train()
-        if args.optimizer == "sgd":
-            for group in self.optimizer.param_groups:
-                group["momentum"] = momentum_at(args, self.epoch)
-        progress_state = self.epoch_progress
-        if progress_state["batch"] == 0:  # a fresh epoch (else: resuming an interrupted one)
-            progress_state["sampler_state"] = self.generator.get_state()
-        else:
-            self.generator.set_state(progress_state["sampler_state"])
-        index, rel, labels, flip, jitter = self.epoch_samples()
-        n_batches = len(labels) // args.batch_size  # drop the ragged last batch
-        loss_sum = torch.full((), progress_state["loss_sum"], device=self.device)
-        correct = torch.full((), progress_state["correct"], device=self.device)
-        seen, logged_loss = progress_state["seen"], float("nan")
-        seen_before, start = seen, time.perf_counter()
-        bar = tqdm(range(progress_state["batch"], n_batches), desc=f"epoch {self.epoch + 1}/"
-                   f"{args.epochs}", leave=False, disable=not progress, unit="batch")
-        for b in bar:
-            sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
-            crops = self.batch_crops(index[sl], None if rel is None else rel[sl], flip[sl],
-                                     None if jitter is None else jitter[sl])
-            target = labels[sl]
-            # the first step runs eagerly: the feature recorder's hooks watch it
-            step_model = model if self.compiled_model is None or recorder else self.compiled_model
-            try:
-                logits, loss = train_step(step_model, self.optimizer, self.loss_fn, crops,
-                                          target, self.precision, args.max_norm, self.scaler)
-            except Exception as error:  # noqa: BLE001 - any compiler failure: go on eagerly
-                if step_model is model:
-                    raise
-                print(f"warning: torch.compile failed ({type(error).__name__}: "
-                      f"{str(error).strip()[:200]}); training goes on without --compile",
-                      file=sys.stderr)
-                self.compiled_model = None
-                logits, loss = train_step(model, self.optimizer, self.loss_fn, crops, target,
-                                          self.precision, args.max_norm, self.scaler)
-            if recorder is not None:
-                recorder.remove()
-                save_feature_maps(model, recorder, writer, self.run_dir / "features", self.step)
-                recorder = None
-            if self.ema_model is not None:
-                self.update_ema()
-            loss_sum += loss.detach() * len(target)
-            correct += ((logits.detach() > 0) == (target > 0.5)).sum()
-            seen += len(target)
-            self.step += 1
-            if self.stop_requested:  # Ctrl-C / SIGTERM: stop between steps, never inside one
-                progress_state.update(batch=b + 1, loss_sum=float(loss_sum),
-                                      correct=float(correct), seen=seen)
+@torch.no_grad()
+def validate(model, val_set, val_locations, scales, precision):
+    """Val loss on fixed locations and mean AUC-Judd / shuffled AUC of the dense maps.
+
+    Returns ({'loss', 'auc_judd', 'auc_shuffled'}, the maps: list of float [50, 50])."""
+    model.eval()
+    index, rel, labels = val_locations
+    total = 0.0
+    with autocast_context(labels.device, precision):
+        for chunk in torch.arange(len(labels), device=labels.device).split(1024):
+            logits = model(dataset.cut_crops(scales, index[chunk], rel[chunk])).float()
+            total += float(nn.functional.binary_cross_entropy_with_logits(
+                logits, labels[chunk], reduction="sum"))
+    maps = predict_maps(model, val_set, precision=precision)
+    means, _ = metrics.evaluate_dataset(maps, val_set.fixations, val_set.densities,
+                                        names=("auc_judd", "auc_shuffled"), workers=1)
+    return {"loss": total / len(labels), **means}, maps
+
+
+def checkpoint_state(run):
+    """Everything a checkpoint holds (tensors and primitives only): see checkpoints.py."""
+    model = run["model"]
+    return {"model": run["args"].model, "model_state": model.state_dict(),
+            "model_options": dict(run["model_options"]),
+            "normalisation": {"mean": model.input_mean.tolist(), "std": model.input_std.tolist()},
+            "optimizer_state": run["optimizer"].state_dict(),
+            "scheduler_state": run["scheduler"].state_dict(),
+            "scaler_state": None if run["scaler"] is None else run["scaler"].state_dict(),
+            "epoch": run["epoch"], "step": run["step"], "best_metric": run["best"],
+            "args": dict(vars(run["args"])), "command": run["command"], "run_name": run["name"],
+            "data": run["data"], "epoch_progress": dict(run["progress"]),
+            "rng_state": capture_rng(run["generator"])}
+
+
+def restore(run, state):
+    """Put a resumed run's optimiser, schedule, counters and RNG states back."""
+    run["optimizer"].load_state_dict(state["optimizer_state"])
+    run["scheduler"].load_state_dict(state["scheduler_state"])
+    if run["scaler"] is not None and state.get("scaler_state"):
+        run["scaler"].load_state_dict(state["scaler_state"])
+    run.update(epoch=state["epoch"], step=state["step"], best=state["best_metric"],
+               progress=state.get("epoch_progress", dict(EPOCH_START)),
+               command=state.get("command", run["command"]))
+    restore_rng(state["rng_state"], run["generator"])
+
+
+def build(args, command=""):
+    """Everything a run needs, from checked arguments: the data, the model (new, resumed or
+    --init-from), optimiser, teacher targets, val locations and the run folder, as a dict."""
+    torch.set_num_threads(args.worker_count)
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    resume_state = init_state = None
+    try:  # checkpoints are checked before the (slow) data
+        resume_state = load_checkpoint(args.resume) if args.resume else None
+        init_state = load_checkpoint(args.init_from) if args.init_from else None
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}")
+    if resume_state is not None and "optimizer_state" not in resume_state:
+        raise SystemExit(f"error: {args.resume} holds weights only (a shipped model), not a run "
+                         f"to resume. Use --init-from {args.resume} to start a new run from its "
+                         f"weights.")
+    if resume_state is not None and resume_state.get("epoch_progress", {}).get("batch") and \
+            resume_state["args"].get("batch_size") != args.batch_size:
+        raise SystemExit(f"error: {args.resume} stopped inside an epoch of batch size "
+                         f"{resume_state['args'].get('batch_size')}; resume it with that "
+                         f"--batch-size (change it when starting a new run).")
+    source, source_path = resume_state or init_state, args.resume or args.init_from
+    model = None if source is None else make_model(args, source, source_path, None)
+    if args.data_dir is None:  # resolved now, so that a resumed run reads the same data
+        args.data_dir = (DEFAULT_DATA_DIR if Path(DEFAULT_DATA_DIR, dataset.STIMULI).is_dir()
+                         else dataset.SYNTHETIC)
+    try:
+        train_set, val_set, data = dataset.load_training_data(
+            args.data_dir, args.fold, args.cache_dir, args.worker_count, args.seed)
+    except dataset.DatasetError as error:
+        raise SystemExit(f"error: {error}")
+    if resume_state is not None:
+        check_same_data(resume_state.get("data"), data, args.resume)
+    synthetic = data["source"] == dataset.SYNTHETIC
+    if args.epochs is None:
+        args.epochs = 5 if synthetic else 20
+    if resume_state is not None and resume_state["epoch"] >= args.epochs:
+        raise SystemExit(f"error: {args.resume} already finished epoch {resume_state['epoch']}; "
+                         f"pass a larger --epochs to continue")
+    per_epoch = (len(train_set.samples[1]) if train_set.samples is not None else len(train_set)
+                 * (args.fixations_per_image + args.non_fixations_per_image
+                    + args.uniform_locations_per_image))
+    if args.batch_size > per_epoch:
+        raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {per_epoch} "
+                         f"training samples per epoch; use a smaller batch")
+    if args.teacher and train_set.samples is not None:
+        raise SystemExit("error: --teacher needs whole training images (the MIT1003 layout), "
+                         "not the coursework's pre-cut crops")
+    model = (model or make_model(args, None, None, train_set)).to(device)
+    optimizer, scheduler = make_optimizer(model, args.optimizer, args.learning_rate,
+                                          args.weight_decay, args.momentum,
+                                          args.lr_schedule, args.epochs)
+    if resume_state is not None:
+        name = args.run_name or resume_state.get("run_name") or Path(args.resume).parent.name
+        run_dir = Path(args.checkpoint_dir) / name
+    else:
+        fold = "" if args.fold is None else f"_fold{args.fold}"
+        run_dir = new_run_dir(args.checkpoint_dir, args.run_name or time.strftime(
+            f"{args.model}_{args.optimizer}_lr{args.learning_rate:g}_bs{args.batch_size}{fold}"
+            f"_%Y%m%d-%H%M%S"), numbered=not args.run_name)
+        name = run_dir.name
+    run = {"args": args, "model": model, "optimizer": optimizer, "scheduler": scheduler,
+           "scaler": torch.amp.GradScaler(device.type) if precision == "fp16" else None,
+           "model_options": (resume_state or {}).get("model_options") or
+           {"dropout": args.dropout, "batch_norm": args.batch_norm},
+           "device": device, "precision": precision, "train_set": train_set, "data": data,
+           "generator": torch.Generator().manual_seed(args.seed), "name": name, "dir": run_dir,
+           "epoch": 0, "step": 0, "best": -math.inf, "progress": dict(EPOCH_START),
+           "command": command,
+           "stop": False, "recorder": None,
+           "train_scales": [dataset.pad_images(s).to(device) for s in train_set.scales],
+           "targets": (teacher_maps(args.teacher, train_set, args.cache_dir, device, precision,
+                                    args.teacher_blur) if args.teacher else None)}
+    if resume_state is not None:
+        restore(run, resume_state)
+    if run["step"] == 0:
+        run["recorder"] = FeatureRecorder(model.stream(0))
+    val_index, val_rel, val_labels = dataset.sample_locations(
+        val_set.maps, torch.Generator().manual_seed(12345))
+    run.update(val_set=val_set, val_locations=(val_index.to(device), val_rel.to(device),
+                                               val_labels.to(device)),
+               val_scales=[dataset.pad_images(s).to(device) for s in val_set.scales])
+    return run
+
+
+def train(run):
+    """The loop: train an epoch, validate, keep the best, checkpoint; Ctrl-C saves and stops.
+
+    Returns (the last validation's results, whether the run was interrupted)."""
+    from torch.utils.tensorboard import SummaryWriter
+    args, val_set, bar_enabled = run["args"], run["val_set"], sys.stderr.isatty()
+
+    def save(name):
+        save_checkpoint(checkpoint_state(run), run["dir"] / name)
+        return run["dir"] / name
+
+    def on_stop_signal(signum, frame):
+        if run["stop"]:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        run["stop"] = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a "
+              f"checkpoint (press Ctrl-C again to stop at once)", file=sys.stderr)
+    previous = {s: signal.signal(s, on_stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    writer = SummaryWriter(str(run["dir"]))
+    print(f"run {run['name']}: {args.model} on {args.data_dir} ({len(run['train_set'])} train / "
+          f"{len(val_set)} val images), {run['device']} {run['precision']}; writes to "
+          f"{run['dir']}", flush=True)
+    last_val, interrupted = {}, False
+    try:
+        while run["epoch"] < args.epochs:
+            loss, accuracy, seconds, rate = train_one_epoch(run, writer, bar_enabled)
+            run["epoch"] += 1
+            for key, value in (("epoch_loss", loss), ("accuracy", accuracy),
+                               ("learning_rate", run["optimizer"].param_groups[0]["lr"]),
+                               ("samples_per_second", rate)):
+                writer.add_scalar(f"train/{key}", value, run["step"])
+            line = (f"epoch {run['epoch']}/{args.epochs}: loss {loss:.4f} acc {accuracy:.3f} "
+                    f"{seconds:.1f}s ({rate:.0f} samples/s)")
+            if run["epoch"] % args.val_frequency == 0 or run["epoch"] == args.epochs:
+                start = time.perf_counter()
+                last_val, maps = validate(run["model"], val_set, run["val_locations"],
+                                          run["val_scales"], run["precision"])
+                for key, value in last_val.items():
+                    writer.add_scalar(f"val/{key}", value, run["step"])
+                writer.add_images("val/predicted_maps", torch.stack(
+                    [m / max(m.max(), 1e-8) for m in maps[:4]]).unsqueeze(1), run["step"])
+                save_feature_maps(run["model"], {}, writer, run["dir"] / "features", run["step"])
+                line += (f" | val loss {last_val['loss']:.4f} AUC-Judd {last_val['auc_judd']:.4f}"
+                         f" sAUC {last_val['auc_shuffled']:.4f} {time.perf_counter() - start:.1f}s")
+                if last_val["auc_shuffled"] > run["best"]:
+                    run["best"] = last_val["auc_shuffled"]
+                    save("best.pth")
+            save("last.pth")
+            print(line, flush=True)  # flushed: a redirected stdout would hold it for hours
+            if run["stop"]:  # the signal came during validation or saving
                 raise KeyboardInterrupt
-            if self.step % args.log_frequency == 0:  # the only host syncs of the loop
-                logged_loss = float(loss.detach())
-                if not math.isfinite(logged_loss):
-                    raise FloatingPointError(f"loss became {logged_loss} at step {self.step}")
-                grad_norm = torch.norm(torch.stack([p.grad.norm() for p in model.parameters()
-                                                    if p.grad is not None]))
-                writer.add_scalar("train/loss", logged_loss, self.step)
-                writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
-                bar.set_postfix(loss=f"{logged_loss:.4f}")
-        elapsed = time.perf_counter() - start
-        mean_loss = float(loss_sum) / max(seen, 1)
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"loss became {mean_loss} in epoch {self.epoch + 1}")
-        accuracy = float(correct) / max(seen, 1)
-        writer.add_scalar("train/epoch_loss", mean_loss, self.step)
-        writer.add_scalar("train/accuracy", accuracy, self.step)
-        writer.add_scalar("train/learning_rate", self.optimizer.param_groups[0]["lr"], self.step)
-        writer.add_scalar("train/epoch_seconds", elapsed, self.step)
-        rate = (seen - seen_before) / elapsed
-        writer.add_scalar("train/samples_per_second", rate, self.step)
-        self.scheduler.step()
-        self.epoch_progress = dict(EPOCH_START)
-        return {"loss": mean_loss, "accuracy": accuracy, "seconds": elapsed,
-                "samples_per_s": rate}
-
-    # ------------------------------------------------------------------ validation
-    @torch.no_grad()
-    def validate(self, writer=None, progress=True):
-        """Val loss on fixed val locations, and AUC-Judd / shuffled AUC of dense maps."""
-        model = self.evaluated_model
-        model.eval()
-        index, rel, labels = self.val_locations
-        total = 0.0
-        with autocast_context(self.device, self.precision):
-            for chunk in torch.arange(len(labels)).split(1024):
-                crops = dataset.cut_crops(self.val_scales, index[chunk].to(self.device),
-                                          rel[chunk].to(self.device))
-                logits = model(crops).float()
-                total += float(self.loss_fn(logits, labels[chunk].to(self.device))) * len(chunk)
-        maps = predict_maps(model, self.val_set, self.args.inference, self.precision)
-        # scored in this process: forking one that runs TensorBoard's and torch's threads
-        # can deadlock the child on a lock held at the fork
-        means, _ = metrics.evaluate_dataset(maps, self.val_set.fixations, self.val_set.densities,
-                                            names=("auc_judd", "auc_shuffled"), workers=1)
-        result = {"loss": total / len(labels), **means}
-        if writer is not None:
-            for key, value in result.items():
-                writer.add_scalar(f"val/{key}", value, self.step)
-            shown = torch.stack([m / max(m.max(), 1e-8) for m in maps[:4]]).unsqueeze(1)
-            writer.add_images("val/predicted_maps", shown, self.step)
-        return result
-
-    # ------------------------------------------------------------------ loop
-    def train(self, progress=True):
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-        args = self.args
-        writer = SummaryWriter(str(Path(args.log_dir) / self.run_name))
-        recorder = FeatureRecorder(self.model.stream(0)) if self.step == 0 else None
-        last_val = {}
-        interrupted = False
-
-        def on_stop_signal(signum, frame):
-            if self.stop_requested:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            self.stop_requested = True
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a "
-                  f"checkpoint (press Ctrl-C again to stop at once)", file=sys.stderr)
-        previous_handlers = {s: signal.signal(s, on_stop_signal)
-                             for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            print(f"run {self.run_name}: {args.model} on {self.data_description} "
-                  f"({len(self.train_set)} train / {len(self.val_set)} val images), "
-                  f"{self.device} {self.precision}; checkpoints in {self.run_dir}", flush=True)
-            epochs = tqdm(range(self.epoch, args.epochs), desc="training", unit="epoch",
-                          disable=not progress, initial=self.epoch, total=args.epochs)
-            for _ in epochs:
-                result = self.train_epoch(writer, recorder, progress)
-                recorder = None
-                self.epoch += 1
-                line = (f"epoch {self.epoch}/{args.epochs}: loss {result['loss']:.4f} acc "
-                        f"{result['accuracy']:.3f} {result['seconds']:.1f}s "
-                        f"({result['samples_per_s']:.0f} samples/s)")
-                if self.epoch % args.val_frequency == 0 or self.epoch == args.epochs:
-                    val_start = time.perf_counter()
-                    last_val = self.validate(writer, progress)
-                    line += (f" | val loss {last_val['loss']:.4f} AUC-Judd "
-                             f"{last_val['auc_judd']:.4f} sAUC {last_val['auc_shuffled']:.4f} "
-                             f"{time.perf_counter() - val_start:.1f}s")
-                    if last_val["auc_shuffled"] > self.best_metric:
-                        self.best_metric = last_val["auc_shuffled"]
-                        self.save("best.pth")
-                if self.epoch % args.checkpoint_frequency == 0:
-                    self.save(f"epoch_{self.epoch}.pth")
-                # flushed: with stdout redirected to a file, a line would otherwise wait
-                # in the buffer for hours (and land after later stderr messages)
-                tqdm.write(line) if progress else print(line, flush=True)
-                if self.stop_requested:  # the signal came during validation or saving
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            interrupted = True
-            path = self.save("interrupted.pth")
-            print(f"\ninterrupted: saved {path} (epoch {self.epoch}, step {self.step}); resume "
-                  f"with --resume {path}", file=sys.stderr)
-        except FloatingPointError as error:
-            writer.close()
-            raise SystemExit(f"error: {error}. Training stopped; the last good checkpoints in "
-                             f"{self.run_dir} are kept. Try a lower --learning-rate.")
-        finally:
-            for s, handler in previous_handlers.items():
-                signal.signal(s, handler)
-        if not interrupted:
-            self.save("final_model.pth")
-            hparams = {k: v for k, v in vars(args).items()
-                       if isinstance(v, (int, float, str, bool))}
-            final = {f"hparam/val_{k}": v for k, v in last_val.items()}
-            writer.add_hparams(hparams, final or {"hparam/val_auc_shuffled": float("nan")},
-                               run_name=".")
+        save("final_model.pth")
+    except KeyboardInterrupt:
+        interrupted = True
+        path = save("interrupted.pth")
+        print(f"\ninterrupted: saved {path} (epoch {run['epoch']}, step {run['step']}); resume "
+              f"with --resume {path}", file=sys.stderr)
+    except FloatingPointError as error:
+        raise SystemExit(f"error: {error}. Training stopped; the last good checkpoints in "
+                         f"{run['dir']} are kept. Try a lower --learning-rate.")
+    except (OSError, RuntimeError) as error:
+        if not isinstance(error, OSError) and "file" not in str(error).lower():
+            raise
+        raise SystemExit(f"error: cannot write to {run['dir']} ({str(error).splitlines()[0]}). "
+                         f"Free some space or pass another --checkpoint-dir, then --resume "
+                         f"{run['dir'] / 'last.pth'}.")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if not interrupted and run["epoch"] >= args.epochs:
+            hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
+            writer.add_hparams({**hparams, "device": str(run["device"]),
+                                "precision": run["precision"]},
+                               {f"hparam/val_{k}": v for k, v in last_val.items()} or
+                               {"hparam/val_auc_shuffled": float("nan")}, run_name=".")
         writer.close()
-        return last_val, interrupted
+    return last_val, interrupted
 
 
 def main(argv=None):
     args = parse_args(argv)
     check_args(args)
-    torch.set_num_threads(max(1, args.worker_count or 1))
-    warnings.filterwarnings("ignore", message=".*TypedStorage.*")
     dataset.show_warnings_plainly()
-    try:
-        trainer = Trainer(args)
-    except (dataset.DatasetError, CheckpointError) as error:
-        raise SystemExit(f"error: {error}")
-    if trainer.epoch >= args.epochs:
-        raise SystemExit(f"error: {args.resume} already finished epoch {trainer.epoch}; pass a "
-                         f"larger --epochs to continue")
-    result, interrupted = trainer.train(progress=sys.stderr.isatty())
+    command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
+    _, interrupted = train(build(args, command))
     return 130 if interrupted else 0
 
 

@@ -1,8 +1,8 @@
 """Evaluate a trained Mr-CNN, or compute saliency maps for your own images.
 
-    python test.py --data-dir ../shared/data/MIT1003               # shipped MrCNN, test split
+    python test.py --data-dir data/MIT1003                      # shipped MrCNN, test split
     python test.py --checkpoint checkpoint/<run>/best.pth --split val --save-maps
-    python test.py --checkpoint checkpoint/<run>/best.pth --tune-post-processing
+    python test.py --checkpoint checkpoint/<run>/best.pth --tune-post-processing tuned.pth
     python test.py --images photo.jpg other.png --output-dir maps/
 
 Scores every image with the MIT benchmark's metrics (metrics.py) for the model (raw and,
@@ -23,8 +23,8 @@ from PIL import Image
 import dataset
 import metrics
 from checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from devices import DEVICES, PRECISIONS, pick_device, pick_precision
 from inference import MODES, centre_bias_map, post_process, predict_maps, saliency_grid
-from main import pick_precision
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint" / "pretrained" / "MrCNN.pth"
 BLUR_SIGMAS = (0.0, 0.02, 0.04, 0.06)
@@ -41,22 +41,24 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
                         help="checkpoint written by main.py (default: the shipped MrCNN)")
     parser.add_argument("--data-dir", default="data/MIT1003", help="MIT-layout folder")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
-                        help="MIT1003 split; all: every image in --data-dir")
+    parser.add_argument("--split", default="test", help="MIT1003 split: train, val, test, "
+                        "fold<K>/test (cross-validation fold K), or all: every image in "
+                        "--data-dir")
     parser.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
                         help="your own images, or folders of them: write maps and overlays, no "
                              "ground truth")
     parser.add_argument("--output-dir", default="results", help="where results are written")
     parser.add_argument("--inference", default="fcn", choices=MODES, help="dense inference")
     parser.add_argument("--grid-size", type=int, default=50, help="grid of scored locations")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="autocast precision of inference; auto: bf16 where the CPU or GPU "
                              "has it, else fp32")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device")
+    parser.add_argument("--device", default="auto", choices=DEVICES,
+                        help="auto: cuda if available")
     parser.add_argument("--save-maps", action="store_true", help="write every map as a PNG")
-    parser.add_argument("--tune-post-processing", action="store_true",
-                        help="tune blur and centre blend on the val split and store them in "
-                             "the checkpoint")
+    parser.add_argument("--tune-post-processing", metavar="PATH",
+                        help="tune blur and centre blend on the val split, write the checkpoint "
+                             "with them to PATH (a new file), then evaluate with them")
     parser.add_argument("--cache-dir", default=".cache", help="resized-image cache")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random AUC splits")
     parser.add_argument("-j", "--worker-count", type=int, default=None,
@@ -64,9 +66,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_model(args):
+def load_model(args, device):
     state = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(state, args.checkpoint).to(args.device).eval()
+    model = model_from_checkpoint(state, args.checkpoint).to(device).eval()
     return state, model
 
 
@@ -287,22 +289,37 @@ def main(argv=None):
     args = parse_args(argv)
     dataset.show_warnings_plainly()
     try:
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda but no CUDA device is available; use --device cpu")
-        state, model = load_model(args)
+        device = pick_device(args.device)
+        if args.grid_size < 1 or args.seed < 0 or (args.worker_count or 1) < 1:
+            raise UsageError("--grid-size, --seed and -j must be positive numbers")
+        if args.split not in ("train", "val", "test", "all") and not \
+                (args.split.startswith("fold") and args.split.endswith("/test")
+                 and args.split[4:-5].isdigit() and int(args.split[4:-5]) < dataset.N_FOLDS):
+            raise UsageError(f"unknown --split {args.split!r}: choose train, val, test, all or "
+                             f"fold<K>/test with K in 0..{dataset.N_FOLDS - 1}")
+        tuned = args.tune_post_processing
+        if tuned and Path(tuned).resolve() == Path(args.checkpoint).resolve():
+            raise UsageError(f"--tune-post-processing {tuned} would overwrite the checkpoint "
+                             f"it evaluates; name a new file.")
+        state, model = load_model(args, device)
         files = image_files(args.images) if args.images else None
-        precision = pick_precision(args.precision, torch.device(args.device))
+        precision = pick_precision(args.precision, device)
         output_dir = ensure_output_dir(args.output_dir)
-        if args.tune_post_processing:
+        print(f"{args.checkpoint} ({state['model']}) on {device}, {precision}: "
+              f"{f'{len(files)} images' if files else f'split {args.split} of {args.data_dir}'}",
+              flush=True)
+        if tuned:
             state["post_processing"] = tune_post_processing(model, args, precision)
-            save_checkpoint(state, args.checkpoint)
-            print(f"stored post-processing {state['post_processing']} in {args.checkpoint}")
+            save_checkpoint(state, tuned)
+            print(f"wrote {tuned} with post-processing {state['post_processing']}")
         if files:
             own_images(args, files, state, model, precision, output_dir)
         else:
             evaluate(args, state, model, precision, output_dir)
     except (UsageError, CheckpointError, dataset.DatasetError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing more was written")
     return 0
 
 

@@ -1,27 +1,58 @@
-"""Shared test fixtures: the project root on sys.path and the location of ../shared."""
+"""Shared test helpers: the project root on sys.path, where the real MIT1003 is (if anywhere),
+tiny MIT-layout folders, and main.py arguments that keep every file in a temporary folder."""
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-MIT1003 = SHARED / "data" / "MIT1003"
-METRICS_REFERENCE = SHARED / "metrics_reference"
-
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import dataset  # noqa: E402
+import main  # noqa: E402
 
-def require(path):
-    """Skip the calling test, with the reason, when a ../shared resource is absent."""
-    if not Path(path).exists():
-        pytest.skip(f"{path} is absent (it ships in ../shared beside the checkout)")
-    return Path(path)
+# The real MIT1003, for the few tests that read it: set MIT1003_DIR to its folder.
+MIT1003 = Path(os.environ["MIT1003_DIR"]) if os.environ.get("MIT1003_DIR") else None
+METRICS_REFERENCE = ROOT / "tests" / "data" / "metrics_reference"
+PRETRAINED = ROOT / "checkpoint" / "pretrained"
+
+
+def require_mit1003():
+    """The real MIT1003's folder; skips the calling test, with the reason, without it."""
+    if MIT1003 is None or not (MIT1003 / dataset.STIMULI).is_dir():
+        pytest.skip("the real MIT1003 is not available: set MIT1003_DIR to its folder")
+    return MIT1003
+
+
+def write_mit_folder(root, names, size=(48, 64)):
+    """A tiny MIT-layout folder: random stimuli, each with a square of fixations."""
+    (root / dataset.STIMULI).mkdir(parents=True)
+    (root / dataset.MAPS).mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+            root / dataset.STIMULI / f"{name}.jpeg")
+        density = np.zeros(size, np.uint8)
+        density[10:20, 10:20] = 255
+        Image.fromarray(density).save(root / dataset.MAPS / f"{name}_fixMap.jpg")
+        Image.fromarray(density).save(root / dataset.MAPS / f"{name}_fixPts.jpg")
+
+
+def make_args(tmp_path, *extra):
+    """main.py's checked arguments for a run on the synthetic set whose files all go under
+    tmp_path (never the checkout's data/, checkpoint/ or .cache/)."""
+    args = main.parse_args(["--data-dir", "synthetic", "--checkpoint-dir",
+                            str(tmp_path / "checkpoint"), "--cache-dir", str(tmp_path / "cache"),
+                            "--run-name", "run", "-j", "2", *extra])
+    main.check_args(args)
+    return args
 
 
 @pytest.fixture
 def small_synthetic(monkeypatch):
-    """main.py's synthetic fallback shrunk to 24 train / 6 val scenes."""
-    import main
-    monkeypatch.setattr(main, "SYNTHETIC_SIZES", {"train": 24, "val": 6})
+    """The synthetic set shrunk to 24 train / 6 val scenes."""
+    monkeypatch.setattr(dataset, "SYNTHETIC_SIZES", {"train": 24, "val": 6})

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import dataset
-from conftest import MIT1003, require
+from conftest import MIT1003, require_mit1003, write_mit_folder
 
 
 def test_crop_at_the_top_left_border_replicates_edge_pixels_like_a_hand_built_crop():
@@ -59,104 +59,41 @@ def test_sampling_respects_thresholds_and_counts():
     assert (values[label == 1] > 0.9).all() and (values[label == 0] < 0.1).all()
 
 
-def test_a_lower_fixation_threshold_widens_the_positives():
-    maps = torch.zeros(1, 40, 40, dtype=torch.uint8)
-    maps[0, 5:10, 5:10] = 255
-    maps[0, 20:30, 20:30] = 140        # above 0.5 * 255, below 0.9 * 255
-    draw = lambda t: dataset.sample_locations(maps, torch.Generator().manual_seed(0), 200, 20,
-                                              fixation_threshold=t)
-    for threshold, lowest in ((0.9, 255), (0.5, 140)):
-        index, rel, label = draw(threshold)
-        pixel = (rel * 40).floor().long()
-        values = maps[index, pixel[:, 0], pixel[:, 1]]
-        assert values[label == 1].min() == lowest and (values[label == 0] < 26).all()
-
-
-def test_map_labels_are_the_fixation_map_values_at_every_drawn_location():
+def test_uniform_locations_come_on_top_without_a_label_and_keep_the_other_draws():
     maps = torch.zeros(2, 40, 40, dtype=torch.uint8)
     maps[:, 5:10, 5:10] = 255
-    maps[:, 20:30, 20:30] = 140
-    index, rel, label = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 20,
-                                                 n_uniform=400, map_labels=True)
-    assert len(label) == 2 * 430
-    pixel = (rel * 40).floor().long()
-    values = maps[index, pixel[:, 0], pixel[:, 1]].float() / 255
-    torch.testing.assert_close(label, values)
-    assert (label[:10] == 1).all() and (label[10:30] == 0).all()  # peaks, then non-fixations
-    uniform = label[30:430]
-    assert (uniform == 0).any() and (uniform == 1).any() and (uniform == 140 / 255).any()
-    with pytest.raises(ValueError, match="map_labels"):
-        dataset.sample_locations(maps, torch.Generator(), n_uniform=5)
+    plain = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 20)
+    more = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 20, n_uniform=50)
+    assert len(more[2]) == 2 * 80 and more[2].isnan().sum() == 100
+    first = torch.arange(30)  # image 0's fixation and non-fixation draws are unchanged
+    assert torch.equal(plain[1][first], more[1][first])
+    uniform = more[1][30:80]
+    assert uniform.min() < 0.2 and uniform.max() > 0.8  # anywhere in the image
 
 
-def test_centre_matched_negatives_follow_where_fixations_fall_in_other_images():
-    rng = np.random.default_rng(0)
-    maps = torch.zeros(40, 60, 60, dtype=torch.uint8)
-    for i, (v, u) in enumerate(rng.normal(30, 4, size=(40, 2)).round().astype(int)):
-        maps[i, v - 2:v + 3, u - 2:u + 3] = 255  # one centre-biased fixated blob per image
-    prior = dataset.fixation_prior(maps)
-    assert prior.shape == (60, 60) and prior[30, 30] > 10 * prior[0, 0] > 0
-    uniform = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 50)
-    matched = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 50, prior)
-    distance = lambda rel, label: (rel[label == 0] - 0.5).norm(dim=1).mean()
-    positives = (uniform[1][uniform[2] == 1] - 0.5).norm(dim=1).mean()
-    assert distance(*matched[1:]) < 0.5 * distance(*uniform[1:])
-    assert abs(distance(*matched[1:]) - positives) < 0.05  # as central as the fixations
-    pixel = (matched[1] * 60).floor().long()
-    values = maps[matched[0], pixel[:, 0], pixel[:, 1]].float() / 255
-    assert (values[matched[2] == 0] < 0.1).all()  # still never on a fixation of the image
-
-
-def test_fixation_point_positives_are_the_recorded_fixations_at_any_image_size():
-    maps = torch.zeros(2, 40, 40, dtype=torch.uint8)
-    maps[:, 10:20, 10:20] = 255        # the map's peak: never drawn as a positive below
-    points = [np.zeros((30, 60), bool), np.zeros((80, 20), bool)]
-    points[0][3, 50] = points[0][27, 1] = True
-    points[1][70, 5] = True
-    locations = dataset.fixation_point_locations(points)
-    np.testing.assert_allclose(locations[0].numpy(), [[3.5 / 30, 50.5 / 60], [27.5 / 30, 1.5 / 60]])
-    np.testing.assert_allclose(locations[1].numpy(), [[70.5 / 80, 5.5 / 20]])
-    index, rel, label = dataset.sample_locations(maps, torch.Generator().manual_seed(0), 10, 20,
-                                                 positive_locations=locations)
-    for i in (0, 1):
-        drawn = {tuple(r) for r in rel[(index == i) & (label == 1)].tolist()}
-        assert (label[index == i] == 1).sum() == 10
-        assert drawn <= {tuple(r) for r in locations[i].tolist()}
-    assert len({tuple(r) for r in rel[(index == 0) & (label == 1)].tolist()}) == 2  # both used
-    pixel = (rel * 40).floor().long()
-    assert (maps[index, pixel[:, 0], pixel[:, 1]][label == 0] < 26).all()
-    with pytest.raises(dataset.DatasetError, match="--positives map-peak"):
-        dataset.fixation_point_locations([])
-
-
-def test_colour_jitter_factors_do_what_they_say_and_treat_the_three_scales_alike():
-    torch.manual_seed(0)
-    crop = 0.2 + 0.6 * torch.rand(1, 1, 3, 42, 42)
-    crops = crop.expand(4, 3, 3, 42, 42).clone()  # the same picture at all three scales
-    factors = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.5], [1.0, 0.5, 1.0]])
-    out = dataset.colour_jitter(crops, factors)
-    torch.testing.assert_close(out[0], crops[0])                      # identity
-    assert torch.allclose(out[1, :, 0], out[1, :, 1], atol=1e-6)      # no saturation: grey
-    torch.testing.assert_close(out[2], 0.5 * crops[2])                # half brightness
-    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-    grey = lambda x: (x * luma).sum(-3)
-    torch.testing.assert_close(grey(out[3]).mean(), grey(crops[3]).mean())  # contrast keeps mean
-    assert float(grey(out[3]).std()) == pytest.approx(0.5 * float(grey(crops[3]).std()), rel=1e-4)
-    for k in range(4):
-        torch.testing.assert_close(out[k, 0], out[k, 1])
-        torch.testing.assert_close(out[k, 0], out[k, 2])
-    assert out.min() >= 0 and dataset.colour_jitter(crops, torch.full((4, 3), 3.0)).max() <= 1
-
-
-def test_split_files_are_disjoint_and_cover_mit1003():
+def test_split_files_and_folds_are_disjoint_cover_mit1003_and_reproduce():
     splits = {s: dataset.read_split(s) for s in ("train", "val", "test")}
     assert {s: len(v) for s, v in splits.items()} == {"train": 803, "val": 100, "test": 100}
-    union = set().union(*splits.values())
-    assert len(union) == 1003
-    if MIT1003.exists():
-        names, _ = dataset.mit_layout_names(MIT1003)
-        assert union == set(names)
-        assert dataset.make_splits(names) == splits  # the documented procedure reproduces them
+    names = set().union(*splits.values())
+    assert len(names) == 1003
+    # the documented procedure (sorted names, one seeded permutation) gives the committed files
+    remade, folds = dataset.make_splits(names)
+    assert remade == splits
+    committed = dict(line.split() for line in
+                     (dataset.SPLIT_DIR / "mit1003_folds10.txt").read_text().splitlines())
+    assert {name: int(k) for name, k in committed.items()} == folds
+    assert sorted(np.bincount(list(folds.values()))) == [100] * 7 + [101] * 3
+    held_out = set()
+    for k in range(dataset.N_FOLDS):
+        parts = {p: set(dataset.read_split(f"fold{k}/{p}")) for p in ("train", "val", "test")}
+        assert parts["train"] | parts["val"] | parts["test"] == names
+        assert not parts["train"] & parts["val"] and not parts["test"] & (parts["train"] |
+                                                                          parts["val"])
+        assert parts["val"] == set(dataset.read_split(f"fold{(k + 1) % 10}/test"))
+        held_out |= parts["test"]
+    assert held_out == names  # every image is held out by exactly one fold
+    if MIT1003 is not None and MIT1003.is_dir():
+        assert names == set(dataset.mit_layout_names(MIT1003)[0])
 
 
 def test_synthetic_scene_has_the_map_semantics():
@@ -185,19 +122,6 @@ def test_truncated_jpeg_is_a_clear_error(tmp_path):
         dataset.open_rgb(path)
 
 
-def write_mit_folder(root, names, size=(48, 64)):
-    (root / dataset.STIMULI).mkdir(parents=True)
-    (root / dataset.MAPS).mkdir()
-    rng = np.random.default_rng(0)
-    for name in names:
-        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
-            root / dataset.STIMULI / f"{name}.jpeg")
-        density = np.zeros(size, np.uint8)
-        density[10:20, 10:20] = 255
-        Image.fromarray(density).save(root / dataset.MAPS / f"{name}_fixMap.jpg")
-        Image.fromarray(density).save(root / dataset.MAPS / f"{name}_fixPts.jpg")
-
-
 def test_mit_layout_loading_caches_and_reports_missing_maps(tmp_path):
     data = tmp_path / "mini"
     write_mit_folder(data, ["a", "b", "c"])
@@ -221,7 +145,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
 
 
 def test_real_mit1003_images_load_with_their_ground_truth(tmp_path):
-    root = require(MIT1003)
+    root = require_mit1003()
     names = dataset.read_split("val")[:3]
     for name in names:
         image = dataset.open_rgb(root / dataset.STIMULI / f"{name}.jpeg")
@@ -254,10 +178,10 @@ def test_coursework_files_are_read_and_trained_on(tmp_path):
     assert loaded_val.names == ["v1", "v2"] and loaded_val.fixations[0].shape == (60, 80)
     args = main.parse_args(["--data-dir", str(tmp_path / "cw"), "--epochs", "1",
                             "--batch-size", "8", "--checkpoint-dir", str(tmp_path / "ck"),
-                            "--log-dir", str(tmp_path / "logs"), "--run-name", "cw"])
-    trainer = main.Trainer(args)
-    assert trainer.data_description.startswith("coursework")
-    result, _ = trainer.train(progress=False)
+                            "--run-name", "cw"])
+    run = main.build(args)
+    assert run["data"]["source"] == "coursework"
+    result, _ = main.train(run)
     assert 0 <= result["auc_judd"] <= 1
     assert (tmp_path / "ck" / "cw" / "final_model.pth").is_file()
 

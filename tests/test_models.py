@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from MrCNN import MrCNN, Stream, build_model
+from models import build_model
+from MrCNN import MrCNN, Stream
 from MrCNNs import MrCNNs
 
 

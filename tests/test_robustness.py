@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +15,10 @@ from PIL import Image
 
 import dataset
 import main
+import optimisation
 from checkpoints import load_checkpoint, save_checkpoint
-from conftest import ROOT
-from test_dataset import write_mit_folder
-from test_training import make_args
+from conftest import PRETRAINED, ROOT, make_args, write_mit_folder
 
-PRETRAINED = ROOT / "checkpoint" / "pretrained"
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -97,6 +97,77 @@ def test_a_corrupt_cache_is_rebuilt_and_an_edited_dataset_is_re_read(tmp_path):
     assert not list(cache.glob(".*.tmp*"))  # no half-written cache left behind
 
 
+def test_the_cache_follows_every_file_it_reads_and_never_keeps_a_failure(tmp_path):
+    data, cache = tmp_path / "mini", tmp_path / "cache"
+    write_mit_folder(data, ["a", "b"])
+    first = dataset.load_mit(data, "all", cache_dir=cache, workers=1, progress=False)
+    moved = np.zeros((48, 64), np.uint8)
+    moved[30:40, 40:50] = 255  # the fixations move: an edited fixation map
+    Image.fromarray(moved).save(data / dataset.MAPS / "a_fixMap.jpg")
+    edited = dataset.load_mit(data, "all", cache_dir=cache, workers=1, progress=False)
+    assert not torch.equal(edited.maps[0], first.maps[0])
+    assert edited.maps[0][300:, 250:].float().mean() > edited.maps[0][:150, :150].float().mean()
+
+    stimulus = data / dataset.STIMULI / "b.jpeg"
+    stimulus.chmod(0o000)  # a passing read error (root reads anyway: then nothing to check)
+    try:
+        readable = os.access(stimulus, os.R_OK)
+        with pytest.warns(UserWarning) if not readable else nullcontext():
+            during = dataset.load_mit(data, "all", cache_dir=cache, workers=1, progress=False)
+    finally:
+        stimulus.chmod(0o644)
+    assert during.names == (["a", "b"] if readable else ["a"])
+    after = dataset.load_mit(data, "all", cache_dir=cache, workers=1, progress=False)
+    assert after.names == ["a", "b"]  # the image is back once it reads again
+
+
+def test_a_cached_skip_is_retried_when_the_file_reads_again(tmp_path, monkeypatch):
+    data, cache = tmp_path / "mini", tmp_path / "cache"
+    write_mit_folder(data, ["a", "b"])
+    real_open = dataset.open_rgb
+
+    def flaky_open(path):
+        if Path(path).name == "b.jpeg":
+            raise dataset.DatasetError(f"cannot read image {path}: I/O error.")
+        return real_open(path)
+    monkeypatch.setattr(dataset, "open_rgb", flaky_open)
+    with pytest.warns(UserWarning, match="b.jpeg"):
+        assert dataset.load_mit(data, "all", cache_dir=cache, workers=1,
+                                progress=False).names == ["a"]
+    monkeypatch.undo()
+    assert dataset.load_mit(data, "all", cache_dir=cache, workers=1,
+                            progress=False).names == ["a", "b"]
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "zero_std"])
+def test_a_checkpoint_with_broken_numbers_is_refused_by_every_script(tmp_path, damage):
+    state = load_checkpoint(PRETRAINED / "MrCNNs.pth")
+    if damage == "zero_std":
+        state["model_state"]["input_std"] = torch.zeros(3)
+    else:
+        state["model_state"]["fusion.out.weight"][0, 0] = float(damage)
+    path = tmp_path / "broken.pth"
+    save_checkpoint(state, path)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    for script, args in (("test.py", ["--checkpoint", str(path), "--images", str(image),
+                                      "--output-dir", str(tmp_path / "out")]),
+                         ("main.py", ["--init-from", str(path), "--model", "MrCNNs",
+                                      "--data-dir", "synthetic"])):
+        result = run_script(tmp_path, script, *args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, script
+        assert "would be meaningless" in result.stderr, script
+    assert not (tmp_path / "out" / "x_saliency.png").exists()
+
+
+def test_tuning_post_processing_writes_a_new_file_and_never_the_evaluated_one(tmp_path):
+    shipped = PRETRAINED / "MrCNN.pth"
+    result = run_script(tmp_path, "test.py", "--checkpoint", str(shipped),
+                        "--tune-post-processing", str(shipped))
+    assert result.returncode != 0 and "would overwrite the checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "run" / "best.pth"
@@ -119,9 +190,9 @@ def run_script(tmp_path, script, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_resuming_from_a_checkpoint_of_the_other_model_is_one_clear_error(tmp_path):
-    result = run_script(tmp_path, "main.py", "--model", "MrCNN", "--resume",
-                        str(PRETRAINED / "MrCNNs.pth"))
+def test_starting_from_a_checkpoint_of_the_other_model_is_one_clear_error(tmp_path):
+    result = run_script(tmp_path, "main.py", "--model", "MrCNN", "--init-from",
+                        str(PRETRAINED / "MrCNNs.pth"), "--data-dir", "synthetic")
     assert result.returncode != 0
     assert "holds a MrCNNs checkpoint, not MrCNN. Pass --model MrCNNs" in result.stderr
     assert "Traceback" not in result.stderr
@@ -140,39 +211,42 @@ def test_an_output_dir_that_cannot_be_written_is_one_clear_error(tmp_path):
 
 # ----------------------------------------------------------------------------- interruption
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(tmp_path,
-                                                                               small_synthetic):
+                                                                               small_synthetic,
+                                                                               monkeypatch):
     flags = ("--epochs", "2", "--batch-size", "64")  # 24 images x 30 samples: 11 steps/epoch
-    straight = main.Trainer(make_args(tmp_path / "a", *flags))
-    straight.train(progress=False)
+    main.train(main.build(make_args(tmp_path / "a", *flags)))
+    steps = []
 
-    stopped = main.Trainer(make_args(tmp_path / "b", *flags))
-    loss_fn = stopped.loss_fn
-
-    def ctrl_c_during_step_16(logits, target):
-        if stopped.step == 15:
+    def ctrl_c_during_step_16(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 16:
             os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
-        return loss_fn(logits, target)
-    stopped.loss_fn = ctrl_c_during_step_16
-    _, interrupted = stopped.train(progress=False)
-    assert interrupted and stopped.step == 16  # the step in flight finished, no more
+        return optimisation.train_step(*args, **kwargs)
+    monkeypatch.setattr(main, "train_step", ctrl_c_during_step_16)
+    _, interrupted = main.train(main.build(make_args(tmp_path / "b", *flags)))
+    assert interrupted and len(steps) == 16  # the step in flight finished, no more
+    monkeypatch.setattr(main, "train_step", optimisation.train_step)
     saved = tmp_path / "b" / "checkpoint" / "run" / "interrupted.pth"
     state = load_checkpoint(saved)
     assert (state["epoch"], state["step"], state["epoch_progress"]["batch"]) == (1, 16, 5)
     assert not (saved.parent / "final_model.pth").exists()
-
-    resumed = main.Trainer(make_args(tmp_path / "b", *flags, "--resume", str(saved)))
-    resumed.train(progress=False)
-    assert resumed.step == straight.step
-    for (name, a), b in zip(straight.model.state_dict().items(),
-                            resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
+    main.train(main.build(make_args(tmp_path / "b", *flags, "--resume", str(saved))))
+    straight = load_checkpoint(tmp_path / "a" / "checkpoint" / "run" / "final_model.pth")
+    resumed = load_checkpoint(saved.parent / "final_model.pth")
+    assert resumed["step"] == straight["step"] == 22
+    for name, value in straight["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][name]), name
+    with pytest.raises(SystemExit, match="stopped inside an epoch of batch size 64"):
+        main.build(make_args(tmp_path / "b", "--epochs", "2", "--batch-size", "32",
+                             "--resume", str(saved)))
 
 
 def test_sigint_to_a_training_process_saves_and_exits_cleanly(tmp_path):
     # stdout is a pipe, as with `python main.py > log`: its lines must come as they are printed
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--epochs", "50",
-                                "-j", "1", "--run-name", "r"], cwd=tmp_path, env=env,
+                                "--data-dir", "synthetic", "-j", "1", "--run-name", "r"],
+                               cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(240, process.kill)  # a line stuck in a buffer fails, not hangs
     watchdog.start()

@@ -1,7 +1,7 @@
 """Plot train loss and val sAUC per epoch of runs in docs/gpu_training_logs.txt and
 docs/cpu_training_logs.txt.
 
-    python docs/plot_training_curves.py   # writes docs/training_curves.png
+    python -m tools.plot_training_curves   # writes docs/training_curves.png
 """
 import re
 from pathlib import Path
@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "docs"
 RUNS = {"gpu_training_logs.txt": ("mrcnn_adam", "mrcnn_sgd", "mrcnn_adam_wd1e3", "mrcnns_adam",
                                   "mrcnns_sgd"),
         "cpu_training_logs.txt": ("cpu_mrcnn_distil_blur", "cpu_mrcnn_distil_ft")}

@@ -1,31 +1,28 @@
-"""Pack MIT1003's train and val images small enough to travel to a lent GPU machine.
+"""Pack MIT1003's train and val images small, to copy them to a remote GPU machine quickly.
 
-The device tool sends the working tree (at most 64 MiB, the repository included), so the
-original 115 MB of stimuli cannot go. This writes an MIT-layout copy that ``main.py --data-dir``
-reads like the original:
+Writes an MIT-layout copy (about 31 MiB instead of 146 MB) that ``main.py --data-dir`` reads
+like the original:
 
-- train and val stimuli resized to 400x400 (the largest scale the model sees) as JPEG;
-  the cache resizes the 250x250 and 150x150 scales from these;
+- train and val stimuli resized to 400x400 (the largest scale the model sees) as JPEG; the
+  cache resizes the 250x250 and 150x150 scales from these;
 - train fixation maps at 400x400 (all training needs), JPEG quality 85, and black
-  placeholders for their point maps (so ``--positives fixation-points`` cannot use the copy);
+  placeholders for their point maps (training only checks that they decode);
 - val fixation maps and points at their original size, so val scores use the exact fixations.
 
-The test split is left out: test scores are computed from the original images on the CPU.
-The val maps differ in size from their 400x400 stimuli, which dataset.py notes once per image
-(``PYTHONWARNINGS=ignore`` silences it).
+The test split is left out: score it on the original images. The val maps differ in size
+from their 400x400 stimuli, which dataset.py notes once per image (``PYTHONWARNINGS=ignore``
+silences it).
 
-    python docs/pack_mit1003.py --data-dir ../shared/data/MIT1003 --output-dir data/MIT1003_packed
+    python -m tools.pack_mit1003 --data-dir data/MIT1003 --output-dir data/MIT1003_packed
 """
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dataset import (MAPS, SCALES, STIMULI, mit_layout_names, open_grey, open_rgb,  # noqa: E402
-                     read_split, resize_map_uint8)
+from dataset import (MAPS, SCALES, STIMULI, mit_layout_names, open_grey, open_rgb, read_split,
+                     resize_map_uint8)
 
 
 def pack(data_dir, output_dir, quality):
@@ -54,7 +51,7 @@ def pack(data_dir, output_dir, quality):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data-dir", default="../shared/data/MIT1003", help="original MIT1003")
+    parser.add_argument("--data-dir", default="data/MIT1003", help="original MIT1003")
     parser.add_argument("--output-dir", default="data/MIT1003_packed", help="where to write")
     parser.add_argument("--quality", type=int, default=75, help="JPEG quality of the stimuli")
     args = parser.parse_args(argv)

@@ -1,0 +1,72 @@
+"""Write our MIT1003 split in the coursework's file format (train/val/test_data.pth.tar).
+
+    python -m tools.export_coursework --data-dir data/MIT1003 --output-dir cw/
+    python main.py --data-dir cw/ --epochs 1          # trains on the exported files
+
+On the full MIT1003 it writes 3.9 GB: 24,090 fixed training crops, and val and test with each
+full-size image as float32, as that format does.
+"""
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataset import (COURSEWORK_FILES, MAPS, SCALES, STIMULI, DatasetError, cut_crops,
+                     grid_locations, load_mit, open_rgb, pad_images, sample_locations,
+                     show_warnings_plainly)
+
+
+def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
+    """Write our MIT1003 split in the coursework's format (train/val/test_data.pth.tar).
+
+    Training crops are one fixed draw of locations (seed ``seed``); val/test files hold the
+    three resized images as float [3, S, S] in [0, 1], the full image, and the 50x50 grid's
+    crop centres in 400x400 pixels. Also copies ALLFIXATIONMAPS beside them.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        data = load_mit(data_dir, split, cache_dir)
+        if split == "train":
+            generator = torch.Generator().manual_seed(seed)
+            image_index, rel, labels = sample_locations(data.maps, generator)
+            crops = cut_crops([pad_images(s) for s in data.scales], image_index, rel)
+            records = [{"X": crops[k], "y": int(labels[k]), "file": data.names[image_index[k]]}
+                       for k in range(len(labels))]
+        else:
+            centres = torch.floor(grid_locations() * SCALES[0]).long()
+            records = []
+            for i, name in enumerate(data.names):
+                image = open_rgb(Path(data_dir) / STIMULI / f"{name}.jpeg")
+                full = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+                record = {"X": full.float() / 255, "spatial_coords": centres, "y": -1,
+                          "file": f"{name}.jpeg"}
+                for s, scale in zip(SCALES, data.scales):
+                    record[f"X_{s}"] = scale[i].float() / 255
+                records.append(record)
+        torch.save(records, output_dir / COURSEWORK_FILES[split])
+    if not (output_dir / MAPS).exists():
+        shutil.copytree(Path(data_dir) / MAPS, output_dir / MAPS)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", default="data/MIT1003", help="MIT1003 folder")
+    parser.add_argument("--output-dir", required=True, help="folder for the .pth.tar files")
+    parser.add_argument("--cache-dir", default=".cache", help="resized-image cache")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training locations")
+    args = parser.parse_args(argv)
+    show_warnings_plainly()
+    try:
+        export_coursework(args.data_dir, args.output_dir, args.cache_dir, args.seed)
+    except DatasetError as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {', '.join(COURSEWORK_FILES.values())} to {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
