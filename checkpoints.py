@@ -56,6 +56,22 @@ def load_checkpoint(path):
     return state
 
 
+def load_resumable(path, batch_size):
+    """A checkpoint of a run that ``main.py --resume`` can continue with ``batch_size``;
+    raises CheckpointError for a shipped (weights-only) model or a run stopped inside an epoch
+    of another batch size (its remaining batches would not be the same)."""
+    state = load_checkpoint(path)
+    if "optimizer_state" not in state:
+        raise CheckpointError(f"{path} holds weights only (a shipped model), not a run to "
+                              f"resume. Use --init-from {path} to start a new run from its "
+                              f"weights.")
+    saved = state.get("args", {}).get("batch_size")
+    if state.get("epoch_progress", {}).get("batch") and saved != batch_size:
+        raise CheckpointError(f"{path} stopped inside an epoch of batch size {saved}; resume it "
+                              f"with that --batch-size (change it when starting a new run).")
+    return state
+
+
 def model_from_checkpoint(state, path="checkpoint", expected_model=None, options=None):
     """Build the model a checkpoint dict describes and load its weights (on the CPU).
 

@@ -409,14 +409,25 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
                        fixations, densities, cache_key=key)
 
 
-def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, seed=0):
+def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, seed=0,
+                       expected=None):
     """What main.py trains and validates on -> (train set, val set, record of the source).
 
     data_dir: an MIT-layout folder (the 803/100/100 split, or with ``fold`` K the
     cross-validation folds: train on eight, validate on fold K + 1, fold K held out), a folder
     of the coursework's files, or 'synthetic' (scenes generated from ``seed``). The record
-    ({'source', 'dir', 'cache_key'} or {'source', 'seed'}) lets a resumed run check that its
-    data did not change."""
+    ({'source', 'dir', 'cache_key'} or {'source', 'seed', 'sizes'}) lets a resumed run check
+    that its data did not change: pass it as ``expected`` (DatasetError if it differs)."""
+    train, val, record = _load_training_data(data_dir, fold, cache_dir, workers, seed)
+    same = lambda r: {k: v for k, v in r.items() if k != "dir"}  # one folder, another path
+    if isinstance(expected, dict) and same(expected) != same(record):
+        raise DatasetError(f"the data in {record.get('dir', data_dir)} changed since the run "
+                           f"started (files added, removed or edited), so it cannot continue "
+                           f"exactly. Restore the data or start a new run.")
+    return train, val, record
+
+
+def _load_training_data(data_dir, fold, cache_dir, workers, seed):
     if data_dir == SYNTHETIC or is_coursework_dir(data_dir):
         if fold is not None:
             raise DatasetError("--fold needs the MIT1003 layout: pass its folder with --data-dir")
@@ -578,6 +589,52 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, n_unifor
     return torch.cat(index), torch.cat(rel), torch.cat(label)
 
 
+def sample_maps(maps, index, rel):
+    """Bilinear values of dense maps at relative locations.
+
+    maps: float [N, G, G] over relative locations ((i + 0.5) / G); index: int64 [M] into
+    maps; rel: float [M, 2] relative (row, column) in [0, 1]. Returns float [M] on rel's device.
+    """
+    grid = (2 * rel.float().flip(-1) - 1).to(maps.device)  # grid_sample wants (x, y) in [-1, 1]
+    values = torch.nn.functional.grid_sample(
+        maps[index.to(maps.device), None].float(), grid[:, None, None], mode="bilinear",
+        padding_mode="border", align_corners=False)
+    return values.view(-1).to(rel.device)
+
+
+def epoch_samples(train_set, generator, n_fixation, n_non_fixation, n_uniform=0, targets=None,
+                  flip=True, device="cpu"):
+    """One epoch's training samples, shuffled: (image index, relative location, target, flip).
+
+    Locations come from ``sample_locations``; ``targets`` (float [N, S, S] dense maps, e.g. a
+    teacher's) replace their labels by the maps' bilinear values there; ``flip``: a random
+    half of the samples is flipped. For the coursework's pre-cut crops the index is the
+    crop's and the location None. Drawn per epoch, not per batch, so that a run resumed
+    mid-epoch sees the same batches."""
+    if train_set.samples is not None:
+        index, rel, labels = torch.arange(len(train_set.samples[1])), None, train_set.samples[1]
+    else:
+        index, rel, labels = sample_locations(train_set.maps, generator, n_fixation,
+                                              n_non_fixation, n_uniform)
+        if targets is not None:
+            labels = sample_maps(targets, index, rel)
+    order = torch.randperm(len(labels), generator=generator)
+    flips = (torch.rand(len(labels), generator=generator) < 0.5) & flip
+    index_device = "cpu" if rel is None else device  # pre-cut crops stay in host memory
+    return (index[order].to(index_device), None if rel is None else rel[order].to(device),
+            labels[order].to(device), flips.to(device))
+
+
+def batch_crops(train_set, padded_scales, index, rel, flip):
+    """A batch's crops, float [B, 3, 3, 42, 42] in [0, 1] on flip's device: cut at ``rel``
+    from ``padded_scales`` (``pad_images`` of train_set's scales), or for the coursework's
+    pre-cut crops (``rel`` None) taken from train_set.samples."""
+    if rel is not None:
+        return cut_crops(padded_scales, index, rel, flip)
+    crops = train_set.samples[0][index].to(flip.device)
+    return torch.where(flip[:, None, None, None, None], crops.flip(-1), crops)
+
+
 # ----------------------------------------------------------------------------- command line
 def show_warnings_plainly():
     """Print each warning as one line, 'warning: <message>', on stderr: the scripts' users
@@ -604,9 +661,6 @@ def main(argv=None):
             path = SPLIT_DIR / f"mit1003_folds{N_FOLDS}.txt"
             path.write_text("".join(f"{name} {fold}\n" for name, fold in folds.items()))
             print(f"wrote {path} (1003 images, {N_FOLDS} folds)")
-        else:
-            export_coursework(args.data_dir, args.output_dir, args.cache_dir, args.seed)
-            print(f"wrote {', '.join(COURSEWORK_FILES.values())} to {args.output_dir}")
     except DatasetError as error:
         sys.exit(f"error: {error}")
 

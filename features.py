@@ -25,6 +25,11 @@ class FeatureRecorder:
         for handle in self.handles:
             handle.remove()
 
+    def save(self, model, writer, folder, step):
+        """Stop recording and write what was recorded (``save_feature_maps``); returns None."""
+        self.remove()
+        save_feature_maps(model, self.activations, writer, folder, step)
+
 
 def image_grid(tiles, columns):
     """float [N, H, W] -> [1, rows * (H+1), columns * (W+1)] tile image, each tile min-max scaled."""
@@ -62,3 +67,13 @@ def save_feature_maps(model, activations, writer, folder, step):
             grid = image_grid(act[crop, :32], columns=8)
             writer.add_image(f"features/{name}_crop{crop}", grid, step)
             plt.imsave(folder / f"{name}_crop{crop}.png", grid[0].numpy(), cmap="viridis")
+
+
+def log_validation(writer, model, results, maps, folder, step):
+    """A validation in TensorBoard: ``results`` ({name: value}) as val/ scalars, the first 4
+    dense maps (float [G, G]) as images, and the conv1 filters (also as a PNG in ``folder``)."""
+    for key, value in results.items():
+        writer.add_scalar(f"val/{key}", value, step)
+    shown = torch.stack([m / max(float(m.max()), 1e-8) for m in maps[:4]]).unsqueeze(1)
+    writer.add_images("val/predicted_maps", shown, step)
+    save_feature_maps(model, {}, writer, folder, step)

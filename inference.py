@@ -182,18 +182,6 @@ def blur_map(grid_map, blur_sigma, size=200):
     return x
 
 
-def sample_maps(maps, index, rel):
-    """Bilinear values of dense maps at relative locations.
-
-    maps: float [N, G, G] over relative locations ((i + 0.5) / G); index: int64 [M] into
-    maps; rel: float [M, 2] relative (row, column) in [0, 1]. Returns float [M] on rel's device.
-    """
-    grid = (2 * rel.float().flip(-1) - 1).to(maps.device)  # grid_sample wants (x, y) in [-1, 1]
-    values = F.grid_sample(maps[index.to(maps.device), None].float(), grid[:, None, None],
-                           mode="bilinear", padding_mode="border", align_corners=False)
-    return values.view(-1).to(rel.device)
-
-
 def post_process(grid_map, blur_sigma=0.0, centre_weight=0.0, size=200):
     """Blur a dense map and blend it with the centre prior, as the MIT benchmark tunes both.
 

@@ -25,12 +25,12 @@ from torch import nn
 
 import dataset
 import metrics
-from checkpoints import (CheckpointError, capture_rng, load_checkpoint, model_from_checkpoint,
-                         new_run_dir, restore_rng, save_checkpoint)
+from checkpoints import (CheckpointError, capture_rng, load_checkpoint, load_resumable,
+                         model_from_checkpoint, new_run_dir, restore_rng, save_checkpoint)
 from devices import DEVICES, PRECISIONS, autocast_context, pick_device, pick_precision
 from distil import teacher_maps
-from features import FeatureRecorder, save_feature_maps
-from inference import predict_maps, sample_maps
+from features import FeatureRecorder, log_validation
+from inference import predict_maps
 from models import MODELS, build_model
 from optimisation import FINAL_MOMENTUM, make_optimizer, momentum_at, train_step
 
@@ -44,9 +44,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """--help with '(default: ...)' only where a default exists."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, []) or "default" in action.help:
-            return action.help
-        return super()._get_help_string(action)
+        quiet = action.default is None or action.default is False or action.default == []
+        return action.help if quiet else super()._get_help_string(action)
 
 
 def parse_args(argv=None):
@@ -67,31 +66,24 @@ def parse_args(argv=None):
     add("--momentum", type=float, default=0.9, help="SGD momentum at epoch 1")
     add("--weight-decay", type=float, default=2e-4, help="weight decay")
     add("--lr-schedule", default="constant", choices=("constant", "cosine"), help="over epochs")
-    add("--max-norm", type=float, default=0.0, help="clip each conv1 filter's L2 norm to this "
-        "after every step (the paper: 0.1; 0: off)")
+    add("--max-norm", type=float, default=0.0, help="clip conv1 filter norms (paper: 0.1)")
     add("--dropout", type=float, default=0.5, help="dropout probability")
     add("--batch-norm", action="store_true", help="BatchNorm after each conv (not the paper's)")
-    add("--fixations-per-image", type=int, default=10,
-        help="fixation locations (map > 0.9 of its maximum) per image and epoch")
-    add("--non-fixations-per-image", type=int, default=20,
-        help="non-fixation locations (map < 0.1) per image and epoch")
+    add("--fixations-per-image", type=int, default=10, help="locations where map > 0.9 max")
+    add("--non-fixations-per-image", type=int, default=20, help="locations where map < 0.1 max")
     add("--no-flip", action="store_true", help="no random horizontal flips")
     add("--teacher", action="append", default=[], metavar="PATH", help="distil: train towards "
         "the mean dense map of these checkpoints (repeat the flag) instead of 1 / 0 labels")
     add("--teacher-blur", type=float, default=0.0, help="with --teacher: Gaussian blur of the "
         "teachers' mean map, sigma as a fraction of the image size")
-    add("--uniform-locations-per-image", type=int, default=0,
-        help="with --teacher: more locations per image and epoch, drawn anywhere")
+    add("--uniform-locations-per-image", type=int, default=0, help="with --teacher: anywhere")
     add("--seed", type=int, default=0, help="seed of everything random")
     add("--device", default="auto", choices=DEVICES, help="auto: cuda if available")
-    add("--precision", default="auto", choices=PRECISIONS,
-        help="autocast precision; auto: bf16 where the hardware has it, else fp32")
-    add("-j", "--worker-count", type=int, default=os.cpu_count(),
-        help="image-decoding processes and torch threads")
+    add("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 if native, or fp32")
+    add("-j", "--worker-count", type=int, default=os.cpu_count(), help="processes and threads")
     add("--val-frequency", type=int, default=1, help="validate every N epochs")
     add("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
-    add("--init-from", metavar="PATH", help="start a new run from this checkpoint's weights "
-        "and input normalisation (fine-tuning)")
+    add("--init-from", metavar="PATH", help="start a new run from this checkpoint's weights")
     add("--run-name", help="run folder (default: model, optimiser, lr, batch size, fold, time)")
     add("--checkpoint-dir", default="checkpoint", help="runs go to <dir>/<run>/")
     add("--cache-dir", default=".cache", help="resized images and teacher maps")
@@ -110,21 +102,17 @@ def parse_args(argv=None):
 def check_args(args):
     """Reject settings the code cannot use, with one line naming every bad flag."""
     problems = [f"--{name.replace('_', '-')} must be at least {low} (got {value})"
-                for name, low in (("batch_size", 1), ("fixations_per_image", 1),
+                for name, low in (("epochs", 1), ("batch_size", 1), ("fixations_per_image", 1),
                                   ("non_fixations_per_image", 1), ("val_frequency", 1),
-                                  ("uniform_locations_per_image", 0), ("worker_count", 1),
-                                  ("seed", 0))
+                                  ("uniform_locations_per_image", 0), ("worker_count", 1))
                 if (value := getattr(args, name)) is not None and value < low]
     for name, low, high, value in (
             ("learning-rate", 0, math.inf, args.learning_rate), ("dropout", 0, 1, args.dropout),
             ("momentum", 0, 1, args.momentum), ("weight-decay", 0, math.inf, args.weight_decay),
-            ("max-norm", 0, math.inf, args.max_norm), ("teacher-blur", 0, 0.5, args.teacher_blur)):
+            ("max-norm", 0, math.inf, args.max_norm), ("teacher-blur", 0, 0.5, args.teacher_blur),
+            ("seed", 0, 2 ** 32, args.seed)):
         if not (low <= value < high and (name != "learning-rate" or value > 0)):
             problems.append(f"--{name} must be in [{low}, {high}) (got {value})")
-    if args.epochs is not None and args.epochs < 1:
-        problems.append(f"--epochs must be at least 1 (got {args.epochs})")
-    if args.seed >= 2 ** 32:
-        problems.append(f"--seed must be below 2**32 (got {args.seed})")
     if args.fold is not None and not 0 <= args.fold < dataset.N_FOLDS:
         problems.append(f"--fold must be in 0..{dataset.N_FOLDS - 1} (got {args.fold})")
     if args.uniform_locations_per_image and not args.teacher:
@@ -137,24 +125,12 @@ def check_args(args):
         raise SystemExit("error: " + "; ".join(problems))
 
 
-def check_same_data(saved, data, path):
-    """Stop with one line when a resumed run's data is no longer what it trained on."""
-    ignore = ("dir",)  # the same folder may be reached by another path
-    if isinstance(saved, dict) and {k: v for k, v in saved.items() if k not in ignore} != \
-            {k: v for k, v in data.items() if k not in ignore}:
-        raise SystemExit(f"error: the data in {data.get('dir', data['source'])} changed since "
-                         f"{path} was written (files added, removed or edited), so the run "
-                         f"cannot continue exactly. Restore the data or start a new run.")
-
-
 def make_model(args, source, source_path, train_set):
     """A new model (input statistics from the training images) or one from a checkpoint."""
     options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
     if source is None:
         model = build_model(args.model, **options)
-        mean, std = train_set.pixel_mean_std()
-        model.input_mean.copy_(mean)
-        model.input_std.copy_(std)
+        model.input_mean[:], model.input_std[:] = train_set.pixel_mean_std()
         return model
     if args.resume:
         options = source.get("model_options", options)
@@ -165,32 +141,12 @@ def make_model(args, source, source_path, train_set):
     try:  # --init-from: --dropout applies (it has no weights)
         return model_from_checkpoint(source, source_path, args.model, options)
     except CheckpointError as error:
-        raise SystemExit(f"error: {error}")
-
-
-def epoch_samples(args, train_set, generator, targets, device):
-    """One epoch's shuffled (image index, relative location or None, target, flip), drawn
-    here rather than per batch so that a run resumed mid-epoch sees the same batches. For the
-    coursework's pre-cut crops the index is the sample's and the location None."""
-    if train_set.samples is not None:
-        index, rel, labels = torch.arange(len(train_set.samples[1])), None, train_set.samples[1]
-    else:
-        index, rel, labels = dataset.sample_locations(
-            train_set.maps, generator, args.fixations_per_image, args.non_fixations_per_image,
-            args.uniform_locations_per_image)
-        if targets is not None:
-            labels = sample_maps(targets, index, rel)
-    order = torch.randperm(len(labels), generator=generator)
-    flip = (torch.rand(len(labels), generator=generator) < 0.5) & (not args.no_flip)
-    index_device = "cpu" if rel is None else device  # pre-cut crops stay in host memory
-    return (index[order].to(index_device), None if rel is None else rel[order].to(device),
-            labels[order].to(device), flip.to(device))
+        raise SystemExit(f"error: {error}") from None
 
 
 def train_one_epoch(run, writer, bar_enabled):
-    """Train over one epoch's batches, from ``run['progress']['batch']`` on; returns
-    (mean loss, accuracy, seconds, samples/s). Raises KeyboardInterrupt between two steps
-    once a stop was requested, with the progress saved in ``run``."""
+    """Train one epoch from batch ``run['progress']['batch']`` on -> (mean loss, accuracy, s,
+    samples/s). A requested stop raises KeyboardInterrupt between steps, progress saved."""
     from tqdm import tqdm
     args, model, progress = run["args"], run["model"], run["progress"]
     model.train()
@@ -201,27 +157,24 @@ def train_one_epoch(run, writer, bar_enabled):
         progress["sampler_state"] = run["generator"].get_state()
     else:  # resuming an interrupted epoch: draw the same samples again
         run["generator"].set_state(progress["sampler_state"])
-    index, rel, labels, flip = epoch_samples(args, run["train_set"], run["generator"],
-                                             run["targets"], run["device"])
-    loss_sum = torch.full((), progress["loss_sum"], device=run["device"])
-    correct = torch.full((), progress["correct"], device=run["device"])
+    index, rel, labels, flip = dataset.epoch_samples(
+        run["train_set"], run["generator"], args.fixations_per_image,
+        args.non_fixations_per_image, args.uniform_locations_per_image, run["targets"],
+        not args.no_flip, run["device"])
+    loss_sum, correct = (torch.full((), progress[k], device=run["device"])
+                         for k in ("loss_sum", "correct"))
     seen = seen_before = progress["seen"]
     start, n_batches = time.perf_counter(), len(labels) // args.batch_size  # no ragged batch
     for b in tqdm(range(progress["batch"], n_batches), desc=f"epoch {run['epoch'] + 1}",
                   leave=False, disable=not bar_enabled, unit="batch"):
         sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
-        if rel is None:
-            crops = run["train_set"].samples[0][index[sl]].to(run["device"])
-            crops = torch.where(flip[sl, None, None, None, None], crops.flip(-1), crops)
-        else:
-            crops = dataset.cut_crops(run["train_scales"], index[sl], rel[sl], flip[sl])
+        crops = dataset.batch_crops(run["train_set"], run["train_scales"], index[sl],
+                                    None if rel is None else rel[sl], flip[sl])
         logits, loss = train_step(model, run["optimizer"], crops, labels[sl], run["precision"],
                                   args.max_norm, run["scaler"])
         if run["recorder"] is not None:  # its hooks saw this first step
-            run["recorder"].remove()
-            save_feature_maps(model, run["recorder"].activations, writer,
-                              run["dir"] / "features", run["step"])
-            run["recorder"] = None
+            run["recorder"] = run["recorder"].save(model, writer, run["dir"] / "features",
+                                                   run["step"])
         loss_sum += loss.detach() * len(logits)
         correct += ((logits.detach() > 0) == (labels[sl] > 0.5)).sum()
         seen += len(logits)
@@ -299,21 +252,11 @@ def build(args, command=""):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
-    resume_state = init_state = None
     try:  # checkpoints are checked before the (slow) data
-        resume_state = load_checkpoint(args.resume) if args.resume else None
+        resume_state = load_resumable(args.resume, args.batch_size) if args.resume else None
         init_state = load_checkpoint(args.init_from) if args.init_from else None
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
-    if resume_state is not None and "optimizer_state" not in resume_state:
-        raise SystemExit(f"error: {args.resume} holds weights only (a shipped model), not a run "
-                         f"to resume. Use --init-from {args.resume} to start a new run from its "
-                         f"weights.")
-    if resume_state is not None and resume_state.get("epoch_progress", {}).get("batch") and \
-            resume_state["args"].get("batch_size") != args.batch_size:
-        raise SystemExit(f"error: {args.resume} stopped inside an epoch of batch size "
-                         f"{resume_state['args'].get('batch_size')}; resume it with that "
-                         f"--batch-size (change it when starting a new run).")
     source, source_path = resume_state or init_state, args.resume or args.init_from
     model = None if source is None else make_model(args, source, source_path, None)
     if args.data_dir is None:  # resolved now, so that a resumed run reads the same data
@@ -321,14 +264,12 @@ def build(args, command=""):
                          else dataset.SYNTHETIC)
     try:
         train_set, val_set, data = dataset.load_training_data(
-            args.data_dir, args.fold, args.cache_dir, args.worker_count, args.seed)
+            args.data_dir, args.fold, args.cache_dir, args.worker_count, args.seed,
+            expected=None if resume_state is None else resume_state.get("data"))
     except dataset.DatasetError as error:
         raise SystemExit(f"error: {error}")
-    if resume_state is not None:
-        check_same_data(resume_state.get("data"), data, args.resume)
-    synthetic = data["source"] == dataset.SYNTHETIC
     if args.epochs is None:
-        args.epochs = 5 if synthetic else 20
+        args.epochs = 5 if data["source"] == dataset.SYNTHETIC else 20
     if resume_state is not None and resume_state["epoch"] >= args.epochs:
         raise SystemExit(f"error: {args.resume} already finished epoch {resume_state['epoch']}; "
                          f"pass a larger --epochs to continue")
@@ -346,36 +287,30 @@ def build(args, command=""):
                                           args.weight_decay, args.momentum,
                                           args.lr_schedule, args.epochs)
     if resume_state is not None:
-        name = args.run_name or resume_state.get("run_name") or Path(args.resume).parent.name
-        run_dir = Path(args.checkpoint_dir) / name
+        run_dir = Path(args.checkpoint_dir) / (args.run_name or resume_state["run_name"])
     else:
         fold = "" if args.fold is None else f"_fold{args.fold}"
         run_dir = new_run_dir(args.checkpoint_dir, args.run_name or time.strftime(
             f"{args.model}_{args.optimizer}_lr{args.learning_rate:g}_bs{args.batch_size}{fold}"
             f"_%Y%m%d-%H%M%S"), numbered=not args.run_name)
-        name = run_dir.name
     run = {"args": args, "model": model, "optimizer": optimizer, "scheduler": scheduler,
            "scaler": torch.amp.GradScaler(device.type) if precision == "fp16" else None,
            "model_options": (resume_state or {}).get("model_options") or
            {"dropout": args.dropout, "batch_norm": args.batch_norm},
            "device": device, "precision": precision, "train_set": train_set, "data": data,
-           "generator": torch.Generator().manual_seed(args.seed), "name": name, "dir": run_dir,
+           "generator": torch.Generator().manual_seed(args.seed), "name": run_dir.name,
+           "dir": run_dir,
            "epoch": 0, "step": 0, "best": -math.inf, "progress": dict(EPOCH_START),
-           "command": command,
-           "stop": False, "recorder": None,
+           "command": command, "stop": False,
+           "recorder": FeatureRecorder(model.stream(0)) if resume_state is None else None,
            "train_scales": [dataset.pad_images(s).to(device) for s in train_set.scales],
            "targets": (teacher_maps(args.teacher, train_set, args.cache_dir, device, precision,
                                     args.teacher_blur) if args.teacher else None)}
     if resume_state is not None:
         restore(run, resume_state)
-    if run["step"] == 0:
-        run["recorder"] = FeatureRecorder(model.stream(0))
-    val_index, val_rel, val_labels = dataset.sample_locations(
-        val_set.maps, torch.Generator().manual_seed(12345))
-    run.update(val_set=val_set, val_locations=(val_index.to(device), val_rel.to(device),
-                                               val_labels.to(device)),
-               val_scales=[dataset.pad_images(s).to(device) for s in val_set.scales])
-    return run
+    val_locations = dataset.sample_locations(val_set.maps, torch.Generator().manual_seed(12345))
+    return run | {"val_set": val_set, "val_locations": [x.to(device) for x in val_locations],
+                  "val_scales": [dataset.pad_images(s).to(device) for s in val_set.scales]}
 
 
 def train(run):
@@ -415,11 +350,8 @@ def train(run):
                 start = time.perf_counter()
                 last_val, maps = validate(run["model"], val_set, run["val_locations"],
                                           run["val_scales"], run["precision"])
-                for key, value in last_val.items():
-                    writer.add_scalar(f"val/{key}", value, run["step"])
-                writer.add_images("val/predicted_maps", torch.stack(
-                    [m / max(m.max(), 1e-8) for m in maps[:4]]).unsqueeze(1), run["step"])
-                save_feature_maps(run["model"], {}, writer, run["dir"] / "features", run["step"])
+                log_validation(writer, run["model"], last_val, maps, run["dir"] / "features",
+                               run["step"])
                 line += (f" | val loss {last_val['loss']:.4f} AUC-Judd {last_val['auc_judd']:.4f}"
                          f" sAUC {last_val['auc_shuffled']:.4f} {time.perf_counter() - start:.1f}s")
                 if last_val["auc_shuffled"] > run["best"]:
@@ -447,12 +379,10 @@ def train(run):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if not interrupted and run["epoch"] >= args.epochs:
+        if not interrupted and run["epoch"] >= args.epochs and last_val:
             hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
-            writer.add_hparams({**hparams, "device": str(run["device"]),
-                                "precision": run["precision"]},
-                               {f"hparam/val_{k}": v for k, v in last_val.items()} or
-                               {"hparam/val_auc_shuffled": float("nan")}, run_name=".")
+            writer.add_hparams(hparams | {"device": str(run["device"]), "precision": run[
+                "precision"]}, {f"hparam/val_{k}": v for k, v in last_val.items()}, run_name=".")
         writer.close()
     return last_val, interrupted
 

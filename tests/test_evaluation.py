@@ -13,8 +13,6 @@ import metrics
 from checkpoints import load_checkpoint, model_from_checkpoint
 from conftest import PRETRAINED, ROOT, write_mit_folder
 
-PRETRAINED = ROOT / "checkpoint" / "pretrained"
-
 
 @pytest.mark.parametrize("name, n_parameters", [("MrCNN", 6_473_153), ("MrCNNs", 2_682_689)])
 def test_shipped_checkpoint_metadata_and_forward_pass(name, n_parameters):

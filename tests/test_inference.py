@@ -47,7 +47,7 @@ def test_scale_400_path_is_exact_for_the_50x50_grid():
 def test_sample_maps_is_bilinear_between_grid_centres_and_exact_on_them():
     maps = torch.stack([torch.arange(16.).view(4, 4), -torch.arange(16.).view(4, 4)])
     rel = torch.tensor([[0.125, 0.375], [0.625, 0.125], [0.25, 0.25], [0.5, 0.5]])
-    values = inference.sample_maps(maps, torch.tensor([0, 0, 0, 1]), rel)
+    values = dataset.sample_maps(maps, torch.tensor([0, 0, 0, 1]), rel)
     torch.testing.assert_close(values, torch.tensor([1.0, 8.0, 2.5, -7.5]))
 
 

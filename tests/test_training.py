@@ -70,7 +70,7 @@ def test_resuming_a_run_whose_data_changed_is_one_clear_error(tmp_path):
     main.train(main.build(main.parse_args([*base, "--epochs", "1"])))
     (data / dataset.MAPS / "img0_fixMap.jpg").write_bytes(
         (data / dataset.MAPS / "img1_fixMap.jpg").read_bytes())  # an edited fixation map
-    with pytest.raises(SystemExit, match="changed since"):
+    with pytest.raises(SystemExit, match="changed since the run started"):
         main.build(main.parse_args(["--resume", str(tmp_path / "ck" / "r" / "last.pth"),
                                     "--epochs", "2"]))
 
@@ -146,8 +146,8 @@ def test_distillation_targets_are_the_teachers_mean_map_at_every_drawn_location(
                                "--uniform-locations-per-image", "10", "--precision", "fp32"))
     train_set = run["train_set"]
     generator = torch.Generator().manual_seed(5)
-    index, rel, targets, _ = main.epoch_samples(run["args"], train_set, generator,
-                                                run["targets"], "cpu")
+    index, rel, targets, _ = dataset.epoch_samples(train_set, generator, 10, 10, 10,
+                                                   run["targets"])
     assert len(targets) == 30 * len(train_set) and torch.isfinite(targets).all()
     grids = [inference.predict_maps(model_from_checkpoint(load_checkpoint(t)), train_set,
                                     precision="fp32") for t in teachers]
@@ -201,7 +201,7 @@ def run_main(tmp_path, *args):
     (["--learning-rate", "-0.1"], "--learning-rate must be in"),
     (["--weight-decay", "-1"], "--weight-decay must be in"),
     (["--fixations-per-image", "-3"], "--fixations-per-image must be at least 1"),
-    (["--seed", "-1"], "--seed must be at least 0"),
+    (["--seed", "-1"], "--seed must be in [0, 4294967296)"),
     (["--fold", "10"], "--fold must be in 0..9"),
     (["--model", "VGG"], "invalid choice"),
     (["--data-dir", "does/not/exist"], "does not exist"),
