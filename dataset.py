@@ -11,6 +11,7 @@ relative position ``(v, u)`` in [0, 1); at a scale of ``S`` pixels its centre pi
 image repeat the border (replicate padding).
 
 Command line:
+    python dataset.py download [--output-dir data/MIT1003]   fetch and unpack MIT1003
     python dataset.py split --data-dir DIR   write splits/mit1003_{train,val,test,folds10}.txt
 """
 import argparse
@@ -635,6 +636,88 @@ def batch_crops(train_set, padded_scales, index, rel, flip):
     return torch.where(flip[:, None, None, None, None], crops.flip(-1), crops)
 
 
+# ----------------------------------------------------------------------------- download
+MIT1003_PAGE = "http://people.csail.mit.edu/tjudd/WherePeopleLook"
+ARCHIVES = (f"{STIMULI}.zip", f"{MAPS}.zip")
+
+
+def _fetch(url, path, progress=True):
+    """Download ``url`` to ``path``, continuing a partial ``path``.part where the server allows
+    it (HTTP Range); the finished file is renamed into place."""
+    import urllib.request
+    from tqdm import tqdm
+    part = path.with_name(path.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        if response.status != 206:  # the server sent the whole file: start again
+            have = 0
+        total = have + int(response.headers.get("Content-Length") or 0) or None
+        with open(part, "ab" if have else "wb") as out, \
+                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=path.name,
+                     disable=not progress) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+    os.replace(part, path)
+
+
+def _unpack(archive, output_dir):
+    """Extract the ALLSTIMULI/ or ALLFIXATIONMAPS/ files of a zip into output_dir/<that folder>
+    (wherever the folder sits inside the zip; other entries are left out)."""
+    import zipfile
+    with zipfile.ZipFile(archive) as zipped:
+        for entry in zipped.infolist():
+            parts = Path(entry.filename).parts
+            folders = [p for p in parts[:-1] if p in (STIMULI, MAPS)]
+            if entry.is_dir() or not folders or "__MACOSX" in parts or parts[-1].startswith("."):
+                continue
+            target = Path(output_dir) / folders[-1] / parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zipped.open(entry) as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+
+
+def download_mit1003(output_dir="data/MIT1003", base_url=MIT1003_PAGE, expected_images=1003,
+                     progress=True):
+    """Download MIT1003's two official zips (resumable), unpack them into ``output_dir`` in the
+    layout this project reads, and check it: ``expected_images`` stimuli, each with a fixation
+    map and a point map. Returns the number of images; raises DatasetError on failure."""
+    import urllib.error
+    import zipfile
+    output_dir = Path(output_dir)
+    downloads = output_dir / ".downloads"
+    try:
+        downloads.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatasetError(f"cannot create {downloads} ({error.strerror}). Pass a writable "
+                           f"--output-dir.")
+    for name in ARCHIVES:
+        archive, url = downloads / name, f"{base_url.rstrip('/')}/{name}"
+        if not archive.exists():
+            try:
+                _fetch(url, archive, progress)
+            except (urllib.error.URLError, OSError, ValueError) as error:
+                reason = getattr(error, "reason", None) or error
+                raise DatasetError(
+                    f"cannot download {url} ({reason}). Run the command again to continue where "
+                    f"it stopped, or download {' and '.join(ARCHIVES)} by hand from "
+                    f"{MIT1003_PAGE} and unzip both into {output_dir} (see README).")
+        try:
+            _unpack(archive, output_dir)
+        except (zipfile.BadZipFile, OSError) as error:
+            archive.unlink(missing_ok=True)  # a damaged download: fetched anew next time
+            raise DatasetError(f"{archive} is not a valid zip ({error}); it was removed. Run "
+                               f"the command again to download it anew.")
+    names, _ = mit_layout_names(output_dir)  # every stimulus has both maps, or an error
+    if len(names) != expected_images:
+        raise DatasetError(f"{output_dir} holds {len(names)} images after unpacking, not "
+                           f"{expected_images}: the downloads are incomplete. Delete "
+                           f"{downloads} and run the command again.")
+    shutil.rmtree(downloads)
+    return len(names)
+
+
 # ----------------------------------------------------------------------------- command line
 def show_warnings_plainly():
     """Print each warning as one line, 'warning: <message>', on stderr: the scripts' users
@@ -646,12 +729,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    download = sub.add_parser("download", help="download and unpack MIT1003 (~150 MB)")
+    download.add_argument("--output-dir", default="data/MIT1003", help="where to unpack it")
+    download.add_argument("--url", default=MIT1003_PAGE, help="where the two zips are")
     split = sub.add_parser("split", help="write the 803/100/100 split and the 10 folds")
     split.add_argument("--data-dir", default="data/MIT1003", help="MIT1003 folder")
     args = parser.parse_args(argv)
     show_warnings_plainly()
     try:
-        if args.command == "split":
+        if args.command == "download":
+            n = download_mit1003(args.output_dir, args.url)
+            print(f"{args.output_dir}: MIT1003 with {n} images, each with its fixation map and "
+                  f"points. Train with: python main.py --data-dir {args.output_dir}")
+        elif args.command == "split":
             names, _ = mit_layout_names(args.data_dir)
             SPLIT_DIR.mkdir(exist_ok=True)
             splits, folds = make_splits(names)
@@ -663,6 +753,8 @@ def main(argv=None):
             print(f"wrote {path} (1003 images, {N_FOLDS} folds)")
     except DatasetError as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: run the command again to continue")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def parse_args(argv=None):
         f"'{dataset.SYNTHETIC}' (default: {DEFAULT_DATA_DIR} if it exists, else synthetic)")
     add("--fold", type=int, help="cross-validation: hold out fold K of splits/mit1003_folds10.txt,"
         " validate on fold K+1, train on the other eight (default: the 803/100/100 split)")
-    add("--epochs", type=int, help="epochs to train (default: 20; 5 on the synthetic set)")
+    add("--epochs", type=int, help="epochs to train (default: 20; 3 on the synthetic set)")
     add("--batch-size", type=int, default=128, help="training batch size")
     add("--learning-rate", type=float, default=0.001, help="learning rate")
     add("--optimizer", default="adam", choices=("adam", "sgd"), help="adam, or SGD whose "
@@ -116,8 +116,7 @@ def check_args(args):
     if args.fold is not None and not 0 <= args.fold < dataset.N_FOLDS:
         problems.append(f"--fold must be in 0..{dataset.N_FOLDS - 1} (got {args.fold})")
     if args.uniform_locations_per_image and not args.teacher:
-        problems.append("--uniform-locations-per-image needs --teacher: a location drawn "
-                        "anywhere has no 1 / 0 label")
+        problems.append("--uniform-locations-per-image needs --teacher (no 1 / 0 label)")
     if args.resume and args.init_from:
         problems.append("--resume and --init-from exclude each other: --resume continues a "
                         "run, --init-from starts a new one from its weights")
@@ -249,9 +248,8 @@ def build(args, command=""):
     torch.set_num_threads(args.worker_count)
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
+    for seed_everything in (torch.manual_seed, np.random.seed, random.seed):
+        seed_everything(args.seed)
     try:  # checkpoints are checked before the (slow) data
         resume_state = load_resumable(args.resume, args.batch_size) if args.resume else None
         init_state = load_checkpoint(args.init_from) if args.init_from else None
@@ -269,7 +267,7 @@ def build(args, command=""):
     except dataset.DatasetError as error:
         raise SystemExit(f"error: {error}")
     if args.epochs is None:
-        args.epochs = 5 if data["source"] == dataset.SYNTHETIC else 20
+        args.epochs = 3 if data["source"] == dataset.SYNTHETIC else 20
     if resume_state is not None and resume_state["epoch"] >= args.epochs:
         raise SystemExit(f"error: {args.resume} already finished epoch {resume_state['epoch']}; "
                          f"pass a larger --epochs to continue")
@@ -335,7 +333,7 @@ def train(run):
     print(f"run {run['name']}: {args.model} on {args.data_dir} ({len(run['train_set'])} train / "
           f"{len(val_set)} val images), {run['device']} {run['precision']}; writes to "
           f"{run['dir']}", flush=True)
-    last_val, interrupted = {}, False
+    last_val, interrupted, begun, first = {}, False, time.perf_counter(), run["epoch"]
     try:
         while run["epoch"] < args.epochs:
             loss, accuracy, seconds, rate = train_one_epoch(run, writer, bar_enabled)
@@ -358,7 +356,9 @@ def train(run):
                     run["best"] = last_val["auc_shuffled"]
                     save("best.pth")
             save("last.pth")
-            print(line, flush=True)  # flushed: a redirected stdout would hold it for hours
+            left = (time.perf_counter() - begun) / (run["epoch"] - first) * (args.epochs - run[
+                "epoch"])  # flushed: a redirected stdout would hold the line for hours
+            print(f"{line} | {left / 60:.1f} min left" if left else line, flush=True)
             if run["stop"]:  # the signal came during validation or saving
                 raise KeyboardInterrupt
         save("final_model.pth")
