@@ -44,6 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", help="MIT1003 split: train, val, test, "
                         "fold<K>/test (cross-validation fold K), or all: every image in "
                         "--data-dir")
+    parser.add_argument("--folds", nargs="+", metavar="CHECKPOINT",
+                        help="cross-validation: the ten runs of main.py --fold 0..9, fold 0 "
+                             "first; each scores the images it held out, pooled over all")
     parser.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
                         help="your own images, or folders of them: write maps and overlays, no "
                              "ground truth")
@@ -179,8 +182,10 @@ def write_figure(data, maps, scores, path, source_images):
     plt.close(fig)
 
 
-def evaluate(args, state, model, precision, output_dir):
-    data = load_split(args)
+def score_split(args, state, model, precision, data):
+    """Dense maps of every image of ``data`` scored with every metric, for the model's rows
+    (raw; blurred and post-processed when the checkpoint carries post-processing) and the
+    centre-bias and chance baselines. Returns ({row: maps}, {row: per-image dicts}, default row)."""
     post = state.get("post_processing")
     maps = predict_maps(model, data, args.inference, precision, args.grid_size)
     rows = {"raw": maps}
@@ -194,19 +199,33 @@ def evaluate(args, state, model, precision, output_dir):
                       for _ in range(len(data))]
     _, scores = metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
                                          workers=args.worker_count)
+    return rows, scores, "post_processed" if post else "raw"
+
+
+def write_results(output_dir, names, scores, summary, default_row):
+    """metrics.json (``summary``, the default row's means, and mean / std / 95% CI of every row)
+    and per_image.csv; prints the table. Returns the table."""
     table = summarise(scores)
-    default_row = "post_processed" if post else "raw"
-    summary = {"n_images": len(data), "checkpoint": str(args.checkpoint), "split": args.split,
-               "inference": args.inference, "default_row": default_row,
-               **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES},
-               "rows": table, "post_processing": post}
+    summary = {**summary, "n_images": len(names), "default_row": default_row,
+               **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES}, "rows": table}
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     with open(output_dir / "per_image.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "row", *metrics.METRIC_NAMES])
         for row, per_image in scores.items():
-            for name, values in zip(data.names, per_image):
+            for name, values in zip(names, per_image):
                 writer.writerow([name, row, *(f"{values[m]:.6f}" for m in metrics.METRIC_NAMES)])
+    print_table(table, len(names))
+    return table
+
+
+def evaluate(args, state, model, precision, output_dir):
+    data = load_split(args)
+    rows, scores, default_row = score_split(args, state, model, precision, data)
+    post = state.get("post_processing")
+    write_results(output_dir, data.names, scores, {
+        "checkpoint": str(args.checkpoint), "split": args.split, "inference": args.inference,
+        "post_processing": post}, default_row)
     stimuli = Path(args.data_dir) / dataset.STIMULI
 
     def source_image(i):
@@ -220,12 +239,46 @@ def evaluate(args, state, model, precision, output_dir):
     if args.save_maps:
         (output_dir / "maps").mkdir(exist_ok=True)
         for i, name in enumerate(data.names):
-            save_png(full_size(maps[i], post, *data.fixations[i].shape),
+            save_png(full_size(rows["raw"][i], post, *data.fixations[i].shape),
                      output_dir / "maps" / f"{name}.png")
-    print_table(table, len(data))
     print(f"\nwrote {output_dir / 'metrics.json'}, {output_dir / 'per_image.csv'} and "
           f"{output_dir / 'best_worst.png'}")
-    return summary
+
+
+def cross_validate(args, device, precision, output_dir):
+    """Score ten fold runs (``--folds``, fold 0 first): every image by the model that held it
+    out, each fold exactly as ``--split fold<K>/test`` scores it; metrics pooled over all
+    images, plus a per-fold table. Writes metrics.json and per_image.csv."""
+    if len(args.folds) != dataset.N_FOLDS:
+        raise UsageError(f"--folds takes the {dataset.N_FOLDS} fold runs' checkpoints, fold 0 "
+                         f"first (got {len(args.folds)})")
+    names, pooled, per_fold = [], {}, []
+    for k, path in enumerate(args.folds):
+        state = load_checkpoint(path)
+        if state.get("args", {}).get("fold") != k:
+            raise UsageError(f"{path} was not trained with --fold {k} (its fold: "
+                             f"{state.get('args', {}).get('fold')}). Pass the runs in fold "
+                             f"order 0..{dataset.N_FOLDS - 1}.")
+        model = model_from_checkpoint(state, path).to(device).eval()
+        data = dataset.load_mit(args.data_dir, f"fold{k}/test", args.cache_dir,
+                                args.worker_count, ground_truth=True)
+        _, scores, default_row = score_split(args, state, model, precision, data)
+        if pooled and set(scores) != set(pooled):
+            raise UsageError(f"{path} has {'no ' if 'blurred' not in scores else ''}"
+                             f"post-processing unlike fold 0: tune all folds or none")
+        names += data.names
+        for row, values in scores.items():
+            pooled.setdefault(row, []).extend(values)
+        means = summarise({default_row: scores[default_row]})[default_row]
+        per_fold.append({"fold": k, "checkpoint": str(path), "n_images": len(data),
+                         "epoch": state.get("epoch"),
+                         **{m: means[m]["mean"] for m in metrics.METRIC_NAMES}})
+        print(f"fold {k}: {len(data)} images, sAUC {means['auc_shuffled']['mean']:.4f}, "
+              f"AUC-Judd {means['auc_judd']['mean']:.4f} ({path})", flush=True)
+    write_results(output_dir, names, pooled, {
+        "protocol": f"{dataset.N_FOLDS}-fold cross-validation", "split": "all folds",
+        "inference": args.inference, "folds": per_fold}, default_row)
+    print(f"\nwrote {output_dir / 'metrics.json'} and {output_dir / 'per_image.csv'}")
 
 
 def image_files(paths):
@@ -301,9 +354,15 @@ def main(argv=None):
         if tuned and Path(tuned).resolve() == Path(args.checkpoint).resolve():
             raise UsageError(f"--tune-post-processing {tuned} would overwrite the checkpoint "
                              f"it evaluates; name a new file.")
+        precision = pick_precision(args.precision, device)
+        if args.folds:
+            if args.images or tuned:
+                raise UsageError("--folds scores fold runs: it takes no --images or "
+                                 "--tune-post-processing")
+            cross_validate(args, device, precision, ensure_output_dir(args.output_dir))
+            return 0
         state, model = load_model(args, device)
         files = image_files(args.images) if args.images else None
-        precision = pick_precision(args.precision, device)
         output_dir = ensure_output_dir(args.output_dir)
         print(f"{args.checkpoint} ({state['model']}) on {device}, {precision}: "
               f"{f'{len(files)} images' if files else f'split {args.split} of {args.data_dir}'}",

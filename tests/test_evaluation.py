@@ -41,6 +41,15 @@ def test_shipped_mrcnn_names_teachers_that_ship_with_it():
         assert teacher["model"] in ("MrCNN", "MrCNNs") and "command" in teacher
 
 
+def load_test_py():
+    """test.py as a module, loaded by path (``import test`` would find the standard library's)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_test_py(tmp_path, *args):
     return subprocess.run([sys.executable, str(ROOT / "test.py"), *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
@@ -178,3 +187,43 @@ def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp
     crops = torch.rand(8, 3, 3, 42, 42)
     shipped = model_from_checkpoint(state, destination).eval()
     torch.testing.assert_close(shipped(crops), model(crops), atol=2e-3, rtol=0)
+
+
+def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tmp_path,
+                                                                             monkeypatch):
+    import csv
+    evaluation = load_test_py()
+    data = tmp_path / "mit"
+    names = [f"img{i:02d}" for i in range(20)]
+    write_mit_folder(data, names)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "mit1003_folds10.txt").write_text("".join(f"{n} {i % 10}\n"
+                                                        for i, n in enumerate(names)))
+    monkeypatch.setattr(dataset, "SPLIT_DIR", splits)
+    shipped = load_checkpoint(PRETRAINED / "MrCNNs.pth")
+    folds = []
+    for k in range(10):
+        shipped["args"] = {**shipped["args"], "fold": k}
+        shipped["post_processing"] = None
+        folds.append(tmp_path / f"fold{k}.pth")
+        torch.save(shipped, folds[-1])
+    common = ["--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "-j", "1",
+              "--precision", "fp32", "--device", "cpu"]
+    assert evaluation.main([*common, "--folds", *map(str, folds),
+                            "--output-dir", str(tmp_path / "cv")]) == 0
+    summary = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    assert summary["n_images"] == 20 and len(summary["folds"]) == 10
+    with open(tmp_path / "cv" / "per_image.csv") as handle:
+        pooled = [r for r in csv.DictReader(handle) if r["row"] == "raw"]
+    assert sorted(r["image"] for r in pooled) == names  # each image exactly once
+    assert summary["auc_shuffled"] == pytest.approx(
+        np.mean([float(r["auc_shuffled"]) for r in pooled]))
+    evaluation.main([*common, "--checkpoint", str(folds[3]), "--split", "fold3/test",
+                     "--output-dir", str(tmp_path / "fold3")])
+    own = json.loads((tmp_path / "fold3" / "metrics.json").read_text())
+    assert summary["folds"][3]["auc_shuffled"] == pytest.approx(own["auc_shuffled"], abs=1e-12)
+    assert summary["folds"][3]["n_images"] == own["n_images"] == 2
+    with pytest.raises(SystemExit, match="was not trained with --fold 0"):
+        evaluation.main([*common, "--folds", *map(str, folds[::-1]),
+                         "--output-dir", str(tmp_path / "cv2")])

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# 10-fold cross-validation of one recipe on MIT1003: train the ten folds (PARALLEL at a time;
+# several runs share one GPU well), then score every image with the run that held it out.
+#
+#   NAME=adam bash tools/train_folds.sh --lr-schedule cosine --weight-decay 0.001 --epochs 12
+#   PARALLEL=5 NAME=sgd bash tools/train_folds.sh --optimizer sgd --learning-rate 0.002 \
+#       --batch-size 256 --max-norm 0.1 --epochs 100
+#
+# Every argument goes to each main.py run. Each fold is one independent command, so on a
+# cluster a job array runs fold $SLURM_ARRAY_TASK_ID as:
+#   python main.py --data-dir data/MIT1003 --fold $SLURM_ARRAY_TASK_ID --run-name NAME_fold$SLURM_ARRAY_TASK_ID ...
+# A stopped fold (Ctrl-C, SIGTERM, a time limit) keeps interrupted.pth; running this script
+# again resumes it and skips the folds that have a final_model.pth.
+# Scores use each fold's best.pth, the epoch chosen on its inner validation fold (never on
+# the images it holds out). Environment: DATA (data/MIT1003), NAME (cv), PARALLEL (1),
+# PY (python), CHECKPOINTS (checkpoint), OUT (results/cv_NAME).
+set -u
+DATA=${DATA:-data/MIT1003}
+NAME=${NAME:-cv}
+PARALLEL=${PARALLEL:-1}
+PY=${PY:-python}
+CHECKPOINTS=${CHECKPOINTS:-checkpoint}
+OUT=${OUT:-results/cv_$NAME}
+cd "$(dirname "$0")/.."
+mkdir -p "$CHECKPOINTS/logs_$NAME"
+run_fold() {
+    local k=$1 dir="$CHECKPOINTS/${NAME}_fold$1"
+    shift
+    if [ -f "$dir/final_model.pth" ]; then return 0; fi
+    if [ -f "$dir/interrupted.pth" ]; then
+        $PY main.py --resume "$dir/interrupted.pth" --checkpoint-dir "$CHECKPOINTS"
+    elif [ -f "$dir/last.pth" ]; then
+        $PY main.py --resume "$dir/last.pth" --checkpoint-dir "$CHECKPOINTS"
+    else
+        $PY main.py --data-dir "$DATA" --fold "$k" --run-name "${NAME}_fold$k" \
+            --checkpoint-dir "$CHECKPOINTS" "$@"
+    fi
+}
+# the image cache is built once, before the runs that share it start
+$PY -c "import dataset; dataset.load_mit('$DATA', 'all')" > /dev/null || exit 1
+for k in 0 1 2 3 4 5 6 7 8 9; do
+    while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
+    echo "fold $k: log in $CHECKPOINTS/logs_$NAME/fold$k.log"
+    run_fold "$k" "$@" > "$CHECKPOINTS/logs_$NAME/fold$k.log" 2>&1 &
+done
+wait
+missing=0
+for k in 0 1 2 3 4 5 6 7 8 9; do
+    [ -f "$CHECKPOINTS/${NAME}_fold$k/final_model.pth" ] || { echo "fold $k did not finish"; missing=1; }
+done
+[ "$missing" = 0 ] || exit 1
+$PY test.py --data-dir "$DATA" --output-dir "$OUT" \
+    --folds $(for k in 0 1 2 3 4 5 6 7 8 9; do echo "$CHECKPOINTS/${NAME}_fold$k/best.pth"; done)
