@@ -383,7 +383,7 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
     """An MIT-layout folder -> SaliencySet of ``split`` ('train', 'val', 'test' or 'all').
 
     Images come from the resident cache (built on first use); the original-size ground truth
-    is read when ``ground_truth`` is True (default: for every split but 'train', whose
+    is read when ``ground_truth`` is True (default: for every split but the training ones, whose
     training only needs the 400x400 maps).
     """
     names, arrays, maps, key = build_image_cache(data_dir, cache_dir, workers, progress)
@@ -401,7 +401,7 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
     scales = [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in arrays]
     chosen_names = [names[i] for i in chosen]
     fixations, densities = [], []
-    if split != "train" if ground_truth is None else ground_truth:
+    if not split.endswith("train") if ground_truth is None else ground_truth:
         for name in chosen_names:
             points, density = read_ground_truth(data_dir, name)
             fixations.append(points)

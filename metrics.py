@@ -2,7 +2,7 @@
 
 Reference: ``code_forMetrics`` of the MIT saliency benchmark (AUC_Judd.m, AUC_Borji.m,
 AUC_shuffled.m, NSS.m, CC.m, similarity.m, KLdiv.m). ``tests/test_metrics.py`` checks every
-function against values produced by that code (``../shared/metrics_reference``).
+function against values produced by that code (``tests/data/metrics_reference``).
 
 Conventions shared by all functions:
 

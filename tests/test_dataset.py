@@ -189,3 +189,15 @@ def test_coursework_files_are_read_and_trained_on(tmp_path):
 def test_a_split_file_naming_missing_images_is_a_clear_error():
     with pytest.raises(dataset.DatasetError, match="names 100 images that the data dir lacks"):
         dataset.read_split("val", names=["only_this_one"])
+
+
+def test_training_splits_skip_the_original_size_ground_truth(tmp_path, monkeypatch):
+    """Training needs only the 400x400 maps; the full-size ones of 800 images take 5 GB."""
+    write_mit_folder(tmp_path / "mit", ["a", "b", "c"])
+    (tmp_path / "mit1003_folds10.txt").write_text("a 0\nb 1\nc 2\n")
+    monkeypatch.setattr(dataset, "SPLIT_DIR", tmp_path)
+    load = lambda split: dataset.load_mit(tmp_path / "mit", split, tmp_path / "cache", 1,
+                                          progress=False)
+    train, test = load("fold0/train"), load("fold0/test")
+    assert train.names == ["c"] and train.fixations == [] and train.densities == []
+    assert test.names == ["a"] and test.fixations[0].shape == (48, 64)
