@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from metrics import as_binary_map
 from MrCNN import CROP_SIZE
@@ -144,11 +144,19 @@ class SaliencySet:
 
 
 def to_rgb(image):
-    """PIL image of any mode (L, CMYK, RGBA, I;16, P ...) -> RGB."""
+    """PIL image of any mode (L, CMYK, RGBA, I;16, F, P ...) -> RGB, turned upright as its EXIF
+    orientation says (as an image viewer shows it). Integer images wider than 8 bits are
+    scaled by their maximum; float images in [0, 1] by 255 (other float ranges: min-max)."""
+    image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
         array = 255.0 * array / max(array.max(), 1.0)
         image = Image.fromarray(array.astype(np.uint8))
+    elif image.mode == "F":
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        low, high = (0.0, 1.0) if array.min() >= 0 and array.max() <= 1 else \
+            (array.min(), max(array.max(), array.min() + 1e-12))
+        image = Image.fromarray((255.0 * (array - low) / (high - low) + 0.5).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -209,7 +217,14 @@ def mit_layout_names(data_dir):
     if missing:
         raise DatasetError(f"data dir {data_dir} has no {' or '.join(missing)} folder: it is not "
                            f"in the MIT1003 layout (ALLSTIMULI/, ALLFIXATIONMAPS/). See README.")
-    stimuli = {p.stem: p for p in stimuli_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    stimuli = {}
+    for path in sorted(stimuli_dir.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.stem in stimuli:
+                raise DatasetError(f"{stimuli_dir} holds two stimuli named {path.stem} "
+                                   f"({stimuli[path.stem].name} and {path.name}): their maps "
+                                   f"would be shared. Remove or rename one.")
+            stimuli[path.stem] = path
     if not stimuli:
         raise DatasetError(f"{stimuli_dir} holds no images (.jpeg/.jpg/.png). See README.")
     fix_maps = {p.name[: -len("_fixMap.jpg")] for p in maps_dir.glob("*_fixMap.jpg")}
@@ -353,15 +368,22 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
             raise DatasetError(f"no usable image in {data_dir}: "
                                f"{[message for _, message in skipped[:3]]}")
         tmp = Path(cache_dir) / f".{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for k, s in enumerate(SCALES):
-            np.save(tmp / f"scale{s}.npy", np.stack([r[0][k] for _, r in kept]))
-        np.save(tmp / "maps.npy", np.stack([r[1] for _, r in kept]))
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "names": [n for n, _ in kept],
-                                                   "skipped": skipped}))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for k, s in enumerate(SCALES):
+                np.save(tmp / f"scale{s}.npy", np.stack([r[0][k] for _, r in kept]))
+            np.save(tmp / "maps.npy", np.stack([r[1] for _, r in kept]))
+            (tmp / "meta.json").write_text(json.dumps({"key": key, "skipped": skipped,
+                                                       "names": [n for n, _ in kept]}))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        except OSError as error:
+            raise DatasetError(f"cannot write the image cache in {cache_dir} "
+                               f"({error.strerror or error}). Free some space or pass a "
+                               f"writable --cache-dir.") from None
+        finally:  # a failed or interrupted build leaves no temporary folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
         cached = _load_cache(folder, key)
     cached_names, skipped, arrays, maps = cached
     for _, message in skipped:

@@ -145,10 +145,14 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
     return torch.sigmoid(logits.float()).cpu()
 
 
-def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8):
-    """Dense maps of every image of a SaliencySet: list of float [grid, grid] tensors in (0, 1)."""
+def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8,
+                 progress=False):
+    """Dense maps of every image of a SaliencySet: list of float [grid, grid] tensors in (0, 1)
+    (``progress``: a progress bar on stderr)."""
+    from tqdm import tqdm
     maps = []
-    for start in range(0, len(data), images_per_call):
+    for start in tqdm(range(0, len(data), images_per_call), desc="dense maps", unit="batch",
+                      disable=not progress, leave=False):
         chunk = [s[start:start + images_per_call] for s in data.scales]
         maps.extend(saliency_grid(model, chunk, mode, grid_size, precision=precision))
     return maps

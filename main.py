@@ -198,9 +198,7 @@ def train_one_epoch(run, writer, bar_enabled):
 
 @torch.no_grad()
 def validate(model, val_set, val_locations, scales, precision):
-    """Val loss on fixed locations and mean AUC-Judd / shuffled AUC of the dense maps.
-
-    Returns ({'loss', 'auc_judd', 'auc_shuffled'}, the maps: list of float [50, 50])."""
+    """-> ({'loss' at fixed locations, mean 'auc_judd', 'auc_shuffled'}, the 50x50 maps)."""
     model.eval()
     index, rel, labels = val_locations
     total = 0.0
@@ -392,8 +390,10 @@ def main(argv=None):
     check_args(args)
     dataset.show_warnings_plainly()
     command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
-    _, interrupted = train(build(args, command))
-    return 130 if interrupted else 0
+    try:
+        return 130 if train(build(args, command))[1] else 0
+    except KeyboardInterrupt:  # before training started (e.g. while building the cache)
+        raise SystemExit("interrupted before training started: nothing was saved") from None
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def score_split(args, state, model, precision, data):
     (raw; blurred and post-processed when the checkpoint carries post-processing) and the
     centre-bias and chance baselines. Returns ({row: maps}, {row: per-image dicts}, default row)."""
     post = state.get("post_processing")
-    maps = predict_maps(model, data, args.inference, precision, args.grid_size)
+    maps = predict_maps(model, data, args.inference, precision, args.grid_size, progress=True)
     rows = {"raw": maps}
     if post:  # the blur alone, then with the centre blend: the blend costs sAUC
         rows["blurred"] = [post_process(m, post["blur_sigma"]) for m in maps]
@@ -197,6 +197,8 @@ def score_split(args, state, model, precision, data):
     rng = np.random.default_rng(args.seed)
     rows["chance"] = [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
                       for _ in range(len(data))]
+    print(f"scoring {len(data)} images x {len(rows)} rows with {len(metrics.METRIC_NAMES)} "
+          f"metrics", flush=True)
     _, scores = metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
                                          workers=args.worker_count)
     return rows, scores, "post_processed" if post else "raw"
@@ -229,11 +231,13 @@ def evaluate(args, state, model, precision, output_dir):
     stimuli = Path(args.data_dir) / dataset.STIMULI
 
     def source_image(i):
-        matches = sorted(stimuli.glob(f"{data.names[i]}.*"))
-        if matches:
-            return np.asarray(dataset.open_rgb(matches[0]))
+        """The stimulus at its ground truth's size (where scores and the figure compare)."""
         h, w = data.fixations[i].shape
-        return np.asarray(Image.fromarray(data.scales[0][i].permute(1, 2, 0).numpy()).resize((w, h)))
+        matches = sorted(p for p in stimuli.glob(f"{data.names[i]}.*")
+                         if p.suffix.lower() in dataset.IMAGE_SUFFIXES)
+        image = (dataset.open_rgb(matches[0]) if matches else
+                 Image.fromarray(data.scales[0][i].permute(1, 2, 0).numpy()))
+        return np.asarray(image if image.size == (w, h) else image.resize((w, h)))
     write_figure(data, rows[default_row], scores[default_row], output_dir / "best_worst.png",
                  source_image)
     if args.save_maps:
@@ -281,15 +285,20 @@ def cross_validate(args, device, precision, output_dir):
     print(f"\nwrote {output_dir / 'metrics.json'} and {output_dir / 'per_image.csv'}")
 
 
-def image_files(paths):
-    """--images arguments (files, or folders whose image files are all taken, sorted) -> list
-    of Paths; raises UsageError for a missing path, a folder without images or two images
-    whose outputs would share a name."""
+OUTPUT_SUFFIXES = ("_saliency.png", "_overlay.png")
+
+
+def image_files(paths, output_dir):
+    """--images arguments (files, or folders whose image files are all taken, sorted, but for
+    maps an earlier run wrote there) -> list of Paths; raises UsageError for a missing path, a
+    folder without images, two images whose outputs would share a name, or an output in
+    ``output_dir`` that would overwrite one of the images."""
     files = []
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in dataset.IMAGE_SUFFIXES)
+                           if p.is_file() and p.suffix.lower() in dataset.IMAGE_SUFFIXES
+                           and not p.name.endswith(OUTPUT_SUFFIXES))
             if not found:
                 raise UsageError(f"folder {path} holds no images "
                                  f"({'/'.join(dataset.IMAGE_SUFFIXES)}). Check the path.")
@@ -306,6 +315,13 @@ def image_files(paths):
         raise UsageError(f"{' and '.join(clashes[0])} would write the same output files "
                          f"({Path(clashes[0][0]).stem}_saliency.png). Rename one or run them "
                          f"with different --output-dir.")
+    inputs = {p.resolve() for p in files}
+    for path in files:
+        for suffix in OUTPUT_SUFFIXES:
+            if (Path(output_dir) / f"{path.stem}{suffix}").resolve() in inputs:
+                raise UsageError(f"the map of {path} would overwrite the input "
+                                 f"{Path(output_dir) / f'{path.stem}{suffix}'}. Pass another "
+                                 f"--output-dir.")
     return files
 
 
@@ -327,7 +343,7 @@ def own_images(args, files, state, model, precision, output_dir):
         scales = [dataset.resize_rgb(image, s)[None] for s in dataset.SCALES]
         grid = saliency_grid(model, scales, args.inference, args.grid_size, precision=precision)[0]
         saliency = full_size(grid, post, image.height, image.width)
-        save_png(saliency, output_dir / f"{path.stem}_saliency.png")
+        save_png(saliency, output_dir / f"{path.stem}{OUTPUT_SUFFIXES[0]}")
         picture = overlay(np.asarray(image, dtype=np.float64), saliency)
         Image.fromarray((picture * 255 + 0.5).astype(np.uint8)).save(
             output_dir / f"{path.stem}_overlay.png")
@@ -362,7 +378,7 @@ def main(argv=None):
             cross_validate(args, device, precision, ensure_output_dir(args.output_dir))
             return 0
         state, model = load_model(args, device)
-        files = image_files(args.images) if args.images else None
+        files = image_files(args.images, args.output_dir) if args.images else None
         output_dir = ensure_output_dir(args.output_dir)
         print(f"{args.checkpoint} ({state['model']}) on {device}, {precision}: "
               f"{f'{len(files)} images' if files else f'split {args.split} of {args.data_dir}'}",

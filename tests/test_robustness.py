@@ -265,3 +265,79 @@ def test_sigint_to_a_training_process_saves_and_exits_cleanly(tmp_path):
     assert "Traceback" not in stderr
     state = load_checkpoint(tmp_path / "checkpoint" / "r" / "interrupted.pth")
     assert state["step"] > 0 and json.dumps(state["args"])  # resumable, primitives only
+
+
+# ----------------------------------------------------------------------------- round two
+def test_two_stimuli_with_one_name_are_refused(tmp_path):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b"])
+    Image.open(data / dataset.STIMULI / "a.jpeg").save(data / dataset.STIMULI / "a.png")
+    with pytest.raises(dataset.DatasetError, match="two stimuli named a \\(a.jpeg and a.png\\)"):
+        dataset.mit_layout_names(data)
+
+
+def test_images_are_read_upright_and_float_images_keep_their_brightness(tmp_path):
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :10] = 255  # a bright left edge, stored sideways with an EXIF rotation
+    stored = Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90)  # 40 x 20
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = np.asarray(dataset.open_rgb(tmp_path / "phone.jpg"))
+    assert upright.shape == (20, 40, 3)
+    assert upright[:, :10].mean() > 200 and upright[:, 30:].mean() < 50
+    grey = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(48, 64)
+    Image.fromarray(grey, mode="F").save(tmp_path / "float.tif")
+    read = np.asarray(dataset.open_rgb(tmp_path / "float.tif"))[..., 0]
+    assert read.max() == 255 and abs(read.mean() - 127.5) < 2  # not black
+
+
+def test_maps_never_overwrite_the_images_they_come_from(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(photos / f"{name}.png")
+    Image.fromarray(np.full((20, 20, 3), 9, np.uint8)).save(photos / "a_saliency.png")
+    before = (photos / "a_saliency.png").read_bytes()
+    result = run_script(tmp_path, "test.py", "--images", str(photos), str(photos / "a_saliency.png"),
+                        "--output-dir", str(photos))
+    assert result.returncode != 0 and "would overwrite the input" in result.stderr
+    assert (photos / "a_saliency.png").read_bytes() == before and "Traceback" not in result.stderr
+    result = run_script(tmp_path, "test.py", "--images", str(photos), "--output-dir", str(photos))
+    assert result.returncode == 0, result.stderr  # earlier maps in the folder are not inputs
+    assert "a_saliency_saliency" not in result.stdout and (photos / "b_overlay.png").exists()
+
+
+def test_ground_truth_of_another_size_than_its_image_is_scored_and_drawn(tmp_path, monkeypatch):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b", "c"], size=(48, 64))
+    for name in ("a", "b"):
+        small = np.zeros((24, 32), np.uint8)
+        small[5:10, 5:10] = 255
+        for suffix in ("_fixMap.jpg", "_fixPts.jpg"):
+            Image.fromarray(small).save(data / dataset.MAPS / f"{name}{suffix}")
+    result = run_script(tmp_path, "test.py", "--data-dir", str(data), "--split", "all",
+                        "--checkpoint", str(PRETRAINED / "MrCNNs.pth"), "--save-maps",
+                        "--cache-dir", str(tmp_path / "cache"), "--output-dir",
+                        str(tmp_path / "out"), "-j", "1")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert (tmp_path / "out" / "best_worst.png").is_file()
+    assert Image.open(tmp_path / "out" / "maps" / "a.png").size == (32, 24)  # the truth's size
+
+
+def test_an_unwritable_cache_dir_is_one_clear_line_and_leaves_nothing_behind(tmp_path):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b"])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(dataset.DatasetError, match="cannot write the image cache in"):
+        dataset.load_mit(data, "all", cache_dir=blocker / "cache", workers=1, progress=False)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dataset, "load_training_data", interrupted)
+    with pytest.raises(SystemExit, match="interrupted before training started"):
+        main.main(["--data-dir", "synthetic", "--checkpoint-dir", str(tmp_path / "ck")])
