@@ -260,9 +260,33 @@ def read_split(split, names=None):
         unknown = sorted(set(listed) - set(names))
         if unknown:
             raise DatasetError(f"split file {path} names {len(unknown)} images that the data "
-                               f"dir lacks, e.g. {', '.join(unknown[:3])}. Use --split all or "
-                               f"the full MIT1003.")
+                               f"dir lacks, e.g. {', '.join(unknown[:3])}: it holds part of "
+                               f"MIT1003. Restore the full MIT1003, or use test.py --split all.")
     return listed
+
+
+def split_names(split, names, data_dir="the data dir"):
+    """The names of ``split`` in a folder that holds ``names``: MIT1003's split files when the
+    folder is MIT1003; for another dataset (none of MIT1003's names) a split of its own, made
+    like ours (sorted names, one permutation seeded 2015: 80% train, 10% val, the rest test),
+    so that main.py and test.py agree on it. A folder with part of MIT1003 is an error."""
+    try:
+        return read_split(split, names)
+    except DatasetError:
+        if split.startswith("fold") or set(names) & set(read_split("train") + read_split("val")
+                                                         + read_split("test")):
+            raise
+    if len(names) < 3:
+        raise DatasetError(f"{data_dir} holds {len(names)} images: a train / val / test split "
+                           f"needs at least 3. Add images, or use test.py --split all.")
+    order = np.random.default_rng(SPLIT_SEED).permutation(sorted(names)).tolist()
+    n_val = n_test = max(1, round(0.1 * len(names)))
+    own = {"val": order[:n_val], "test": order[n_val:n_val + n_test],
+           "train": order[n_val + n_test:]}
+    warnings.warn(f"{data_dir} is not MIT1003, so it gets a split of its own: "
+                  f"{len(own['train'])} train / {n_val} val / {n_test} test images (sorted "
+                  f"names permuted with seed {SPLIT_SEED}; the same on every run).")
+    return sorted(own[split])
 
 
 def make_splits(names, seed=SPLIT_SEED):
@@ -412,7 +436,7 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
     if split == "all":
         chosen = list(range(len(names)))
     else:
-        wanted = set(read_split(split, names=mit_layout_names(data_dir)[0]))
+        wanted = set(split_names(split, mit_layout_names(data_dir)[0], data_dir))
         chosen = [i for i, n in enumerate(names) if n in wanted]
         if len(chosen) < len(wanted):
             warnings.warn(f"split {split}: {len(wanted) - len(chosen)} of the {len(wanted)} "

@@ -341,3 +341,23 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(dataset, "load_training_data", interrupted)
     with pytest.raises(SystemExit, match="interrupted before training started"):
         main.main(["--data-dir", "synthetic", "--checkpoint-dir", str(tmp_path / "ck")])
+
+
+def test_another_eye_tracking_dataset_trains_and_scores_on_a_split_of_its_own(tmp_path):
+    data = tmp_path / "mydata"
+    write_mit_folder(data, [f"scene{i:02d}" for i in range(20)])
+    common = ["--cache-dir", str(tmp_path / "cache"), "-j", "1"]
+    result = run_script(tmp_path, "main.py", "--data-dir", str(data), "--epochs", "1",
+                        "--batch-size", "32", "--checkpoint-dir", str(tmp_path / "ck"), *common)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "gets a split of its own: 16 train / 2 val / 2 test images" in result.stderr
+    assert "(16 train / 2 val images)" in result.stdout
+    with pytest.warns(UserWarning, match="split of its own"):
+        parts = {s: set(dataset.split_names(s, dataset.mit_layout_names(data)[0]))
+                 for s in ("train", "val", "test")}
+    assert sum(map(len, parts.values())) == 20 and len(set().union(*parts.values())) == 20
+    [final] = (tmp_path / "ck").rglob("final_model.pth")
+    result = run_script(tmp_path, "test.py", "--data-dir", str(data), "--checkpoint", str(final),
+                        "--output-dir", str(tmp_path / "out"), *common)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_images"] == 2
