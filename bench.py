@@ -1,8 +1,8 @@
 """Benchmark on the current device: matmul ceilings, training throughput, dense inference, metrics.
 
-    python bench.py                       # full run, prints a table (a few minutes on 2 cores)
+    python bench.py                       # prints a table: about 2 minutes on a 2-core CPU
     python bench.py --json bench.json     # also write the numbers as JSON
-    python bench.py --quick               # fewer repeats
+    python bench.py --full                # more repeats and steps, batch 128 too (3-4x longer)
 
 Every number is a median over repeats, measured in this one run, so ratios between rows are
 comparable; absolute numbers vary between machines and runs. Images are MIT1003-sized
@@ -117,7 +117,8 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--json", default=None, metavar="PATH", help="write the numbers here")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and steps")
+    parser.add_argument("--full", action="store_true", help="more repeats and steps, and "
+                        "batch size 128 beside 256")
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
                         help="instead: compare fcn with crops on the first N MIT1003 val images "
                              "with --checkpoint (map correlation, AUC-Judd difference)")
@@ -127,7 +128,7 @@ def main(argv=None):
     if args.agreement:
         return fcn_agreement(args)
     device = pick_device(args.device)
-    repeats, steps = (3, 3) if args.quick else (5, 8)
+    repeats, steps = (5, 8) if args.full else (3, 3)
     default_precision = pick_precision("auto", device)
     low = "bf16" if default_precision == "bf16" else "fp16" if device.type == "cuda" else "fp32"
     precisions = ["fp32"] + ([low] if low != "fp32" else [])
@@ -145,7 +146,7 @@ def main(argv=None):
     train_scenes = dataset.load_synthetic(16, seed=0).scales
     results["training"] = {}
     for name in ("MrCNN", "MrCNNs"):
-        for batch_size in (128, 256):
+        for batch_size in (128, 256) if args.full else (256,):
             for precision in precisions:
                 rate = training_samples_per_s(name, batch_size, precision, device, train_scenes,
                                               steps, repeats)

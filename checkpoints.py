@@ -40,6 +40,9 @@ def save_checkpoint(state, path):
 def load_checkpoint(path):
     """Read a checkpoint dict with ``weights_only=True``; raises CheckpointError if unusable."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file. Pass a .pth file "
+                              f"inside it (e.g. {path / 'best.pth'}).")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist. Train one with main.py or "
                               f"pass the path of a .pth file.")

@@ -210,6 +210,9 @@ def mit_layout_names(data_dir):
     """
     data_dir = Path(data_dir)
     stimuli_dir, maps_dir = data_dir / STIMULI, data_dir / MAPS
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DatasetError(f"data dir {data_dir} is a file, not a folder. Pass the MIT1003 "
+                           f"folder with --data-dir.")
     if not data_dir.is_dir():
         raise DatasetError(f"data dir {data_dir} does not exist. Download MIT1003 (see README) "
                            f"and pass its folder with --data-dir.")
@@ -372,6 +375,11 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
     key = _cache_key(data_dir, names, stimuli)
     folder = Path(cache_dir) / key
     cached = _load_cache(folder, key)
+    try:  # checked now: decoding takes a while
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatasetError(f"cannot write the image cache in {cache_dir} ({error.strerror}). "
+                           f"Pass a writable --cache-dir.") from None
     if cached is not None and any(not isinstance(_decode_one((str(stimuli[n]),
                                                              str(Path(data_dir) / MAPS), n))[1], str)
                                   for n, _ in cached[1]):

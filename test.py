@@ -187,7 +187,8 @@ def score_split(args, state, model, precision, data):
     (raw; blurred and post-processed when the checkpoint carries post-processing) and the
     centre-bias and chance baselines. Returns ({row: maps}, {row: per-image dicts}, default row)."""
     post = state.get("post_processing")
-    maps = predict_maps(model, data, args.inference, precision, args.grid_size, progress=True)
+    maps = predict_maps(model, data, args.inference, precision, args.grid_size,
+                        progress=sys.stderr.isatty())
     rows = {"raw": maps}
     if post:  # the blur alone, then with the centre blend: the blend costs sAUC
         rows["blurred"] = [post_process(m, post["blur_sigma"]) for m in maps]
@@ -359,8 +360,10 @@ def main(argv=None):
     dataset.show_warnings_plainly()
     try:
         device = pick_device(args.device)
-        if args.grid_size < 1 or args.seed < 0 or (args.worker_count or 1) < 1:
-            raise UsageError("--grid-size, --seed and -j must be positive numbers")
+        for flag, value, low in (("--grid-size", args.grid_size, 1), ("--seed", args.seed, 0),
+                                 ("-j", args.worker_count or 1, 1)):
+            if value < low:
+                raise UsageError(f"{flag} must be at least {low} (got {value})")
         if args.split not in ("train", "val", "test", "all") and not \
                 (args.split.startswith("fold") and args.split.endswith("/test")
                  and args.split[4:-5].isdigit() and int(args.split[4:-5]) < dataset.N_FOLDS):

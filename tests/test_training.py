@@ -247,3 +247,13 @@ def test_a_nan_loss_stops_the_run_with_a_message_and_keeps_earlier_checkpoints(t
     with pytest.raises(SystemExit, match="loss became nan"):
         main.train(main.build(make_args(tmp_path, "--epochs", "2", "--batch-size", "64")))
     assert not (tmp_path / "checkpoint" / "run" / "final_model.pth").exists()
+
+
+def test_the_first_command_of_the_readme_trains_the_synthetic_set_in_an_empty_folder(tmp_path):
+    result = run_main(tmp_path, "-j", "2")  # python main.py, nothing else
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "SYNTHETIC" in result.stderr and "epoch 3/3" in result.stdout
+    assert "min left" in result.stdout.splitlines()[1]  # the first epoch line says how long
+    [run_dir] = (tmp_path / "checkpoint").iterdir()
+    assert (run_dir / "final_model.pth").is_file() and list(run_dir.glob("events.out.*"))
+    assert not (tmp_path / ".cache").exists()  # nothing decoded: no dataset was read
