@@ -429,7 +429,7 @@ def read_ground_truth(data_dir, name):
     density = open_grey(maps_dir / f"{name}_fixMap.jpg")
     points = open_grey(maps_dir / f"{name}_fixPts.jpg")
     top = density.max()
-    return as_binary_map(points), density / top if top > 0 else density
+    return as_binary_map(points).numpy(), density / top if top > 0 else density
 
 
 def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=True,

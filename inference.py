@@ -133,7 +133,7 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
     or 'fp16' (autocast); phases: 'fcn' computes features on a lattice of step 8 / phases
     pixels at the scales whose grid misses the stride-8 lattice (see
     ``_stream_feature_map``). Returns float32 fixation probabilities [N, grid_size,
-    grid_size] on the CPU, row-major over relative locations ((i + 0.5) / grid_size).
+    grid_size] on the model's device, row-major over relative locations ((i + 0.5) / grid_size).
     """
     if mode not in MODES:
         raise ValueError(f"unknown inference mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -142,7 +142,7 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
     with autocast_context(device, precision):
         run = _fcn_logits if mode == "fcn" else _crops_logits
         logits = run(model, scales, grid_size, batch_size, phases)
-    return torch.sigmoid(logits.float()).cpu()
+    return torch.sigmoid(logits.float())
 
 
 def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8,
@@ -158,12 +158,12 @@ def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images
     return maps
 
 
-def centre_bias_map(size=200, sigma=0.25):
+def centre_bias_map(size=200, sigma=0.25, device="cpu"):
     """A centred isotropic Gaussian in relative coordinates: float [size, size] with max 1.
 
     sigma is a fraction of the image's height (rows) and width (columns).
     """
-    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+    centres = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size - 0.5
     g = torch.exp(-0.5 * (centres / sigma) ** 2)
     return g[:, None] * g[None, :]
 
@@ -178,7 +178,7 @@ def blur_map(grid_map, blur_sigma, size=200):
                       align_corners=False)[0, 0]
     if blur_sigma > 0:
         radius = max(1, int(3 * blur_sigma * size))
-        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
         kernel = torch.exp(-0.5 * (offsets / (blur_sigma * size)) ** 2)
         kernel = kernel / kernel.sum()
         x = F.pad(x[None, None], (radius, radius, radius, radius), mode="replicate")
@@ -196,5 +196,5 @@ def post_process(grid_map, blur_sigma=0.0, centre_weight=0.0, size=200):
     x = blur_map(grid_map, blur_sigma, size)
     x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-12)
     if centre_weight > 0:
-        x = (1 - centre_weight) * x + centre_weight * centre_bias_map(size)
+        x = (1 - centre_weight) * x + centre_weight * centre_bias_map(size, device=x.device)
     return x

@@ -144,7 +144,7 @@ def save_png(array, path):
 def full_size(grid_map, post, height, width):
     """A model's grid map -> float [H, W] in [0, 1] at the image size (post-processed if given)."""
     x = post_process(grid_map, post["blur_sigma"], post["centre_weight"]) if post else grid_map
-    return metrics.as_submitted_map(x, (height, width))
+    return metrics.as_submitted_map(x, (height, width)).cpu().numpy()
 
 
 def overlay(image, saliency):

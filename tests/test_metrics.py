@@ -161,3 +161,38 @@ def test_evaluate_dataset_returns_means_of_per_image_values():
     assert len(rows) == 3 and set(means) == set(metrics.METRIC_NAMES)
     assert means["auc_judd"] == pytest.approx(np.mean([r["auc_judd"] for r in rows]))
     assert means["cc"] == pytest.approx(1.0)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_metric_gives_the_same_value_for_numpy_and_tensors_on_any_device(device):
+    """One implementation: NumPy in, tensors in, CPU or GPU: the same number (1e-9), with the
+    same random draws; the deterministic ones still equal the MATLAB reference there."""
+    for name, case, expected in list(load_cases())[:6]:
+        small = metrics.resize_map(case["sal"], (case["sal"].shape[0] // 2,
+                                                 case["sal"].shape[1] // 2))  # resized in scoring
+        on_device = {k: torch.as_tensor(v).to(device) for k, v in case.items()}
+        for sal, sal_t in ((case["sal"], on_device["sal"]), (small.numpy(), small.to(device))):
+            plain = metrics.score_image(sal, case["fix"], case["dens"], case["other"], rng=4)
+            moved = metrics.score_image(sal_t, on_device["fix"], on_device["dens"],
+                                        on_device["other"], rng=4)
+            for metric, value in plain.items():
+                assert moved[metric] == pytest.approx(value, abs=1e-9, nan_ok=True), (name,
+                                                                                      metric)
+        assert metrics.auc_judd(on_device["sal"], on_device["fix"]) == pytest.approx(
+            expected["auc_judd"], abs=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluate_dataset_scores_device_maps_as_it_scores_numpy_maps(device):
+    scenes = [gaussian_scene(seed=s) for s in range(4)]
+    maps = [np.random.default_rng(s).random((50, 50)) for s in range(4)]
+    fixations, densities = [s[1] for s in scenes], [s[0] for s in scenes]
+    _, plain = metrics.evaluate_dataset(maps, fixations, densities, n_splits=20, workers=2)
+    _, moved = metrics.evaluate_dataset([torch.as_tensor(m, device=device) for m in maps],
+                                        fixations, densities, n_splits=20, workers=2)
+    for a, b in zip(plain, moved):
+        for metric in metrics.METRIC_NAMES:
+            assert b[metric] == pytest.approx(a[metric], abs=1e-9), metric

@@ -361,3 +361,21 @@ def test_another_eye_tracking_dataset_trains_and_scores_on_a_split_of_its_own(tm
                         "--output-dir", str(tmp_path / "out"), *common)
     assert result.returncode == 0, result.stderr[-1500:]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_images"] == 2
+
+
+def test_a_checkpoint_write_that_fails_mid_run_is_one_line_and_keeps_the_last_good_one(
+        tmp_path, small_synthetic, monkeypatch):
+    import checkpoints
+    real_save, calls = torch.save, []
+
+    def disk_full_on_the_third_write(state, file):
+        calls.append(file)
+        if len(calls) == 3:  # torch reports a failed write as RuntimeError, not OSError
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(state, file)
+    monkeypatch.setattr(checkpoints.torch, "save", disk_full_on_the_third_write)
+    with pytest.raises(SystemExit, match="cannot write to .* Free some space"):
+        main.train(main.build(make_args(tmp_path, "--epochs", "3", "--batch-size", "64")))
+    run_dir = tmp_path / "checkpoint" / "run"
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1  # the last good one, intact
+    assert not list(run_dir.glob(".*.tmp*"))  # no half-written file left behind
