@@ -1,8 +1,10 @@
 """Benchmark on the current device: matmul ceilings, training throughput, dense inference, metrics.
 
-    python bench.py                       # prints a table: about 2 minutes on a 2-core CPU
+    python bench.py                       # a table: 75 s on a 2-core AMD EPYC (more without bf16)
     python bench.py --json bench.json     # also write the numbers as JSON
     python bench.py --full                # more repeats and steps, batch 128 too (3-4x longer)
+    python bench.py --pipeline --data-dir data/MIT1003   # instead: a whole epoch, validation
+                                          # and test.py on MIT1003 (on a GPU, the CPU beside it)
 
 Every number is a median over repeats, measured in this one run, so ratios between rows are
 comparable; absolute numbers vary between machines and runs. Images are MIT1003-sized
@@ -12,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -90,6 +93,32 @@ def crops_batch1_seconds(model, scales, device, n_locations):
     return median_seconds(run, 3, device) * 2500 / n_locations
 
 
+def pipeline_seconds(data_dir, device):
+    """Wall-clock of the real scripts on MIT1003 on ``device``: one training epoch after the
+    first and its validation (``main.py --epochs 2``, as its epoch line prints them), and
+    ``test.py`` on the 100 test images (all rows, all metrics, the figure), start-up included."""
+    import re
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        common = ["--data-dir", data_dir, "--device", device]
+        here = Path(__file__).resolve().parent
+        trained = subprocess.run([sys.executable, here / "main.py", *common, "--epochs", "2",
+                                  "--checkpoint-dir", tmp, "--run-name", "bench"],
+                                 capture_output=True, text=True)
+        epoch = re.search(r"epoch 2/2: .* ([\d.]+)s \(.*\| val .* ([\d.]+)s", trained.stdout)
+        if trained.returncode or not epoch:
+            raise SystemExit(f"error: main.py failed on {device}: {trained.stderr[-500:]}")
+        start = time.perf_counter()
+        tested = subprocess.run([sys.executable, here / "test.py", *common, "--output-dir", tmp],
+                                capture_output=True, text=True)
+        if tested.returncode:
+            raise SystemExit(f"error: test.py failed on {device}: {tested.stderr[-500:]}")
+        return {"epoch": float(epoch[1]), "validation": float(epoch[2]),
+                "test_py": time.perf_counter() - start}
+
+
 def fcn_agreement(args):
     """Print and return how far fcn (each phase count, fp32 and bf16) is from crops."""
     from checkpoints import load_checkpoint, model_from_checkpoint
@@ -122,12 +151,23 @@ def main(argv=None):
     parser.add_argument("--agreement", type=int, default=0, metavar="N",
                         help="instead: compare fcn with crops on the first N MIT1003 val images "
                              "with --checkpoint (map correlation, AUC-Judd difference)")
+    parser.add_argument("--pipeline", action="store_true", help="instead: time a training "
+                        "epoch, its validation and test.py on --data-dir (MIT1003), on --device "
+                        "and, for a GPU, on the CPU beside it")
     parser.add_argument("--checkpoint", default="checkpoint/pretrained/MrCNN.pth")
     parser.add_argument("--data-dir", default="data/MIT1003")
     args = parser.parse_args(argv)
     if args.agreement:
         return fcn_agreement(args)
     device = pick_device(args.device)
+    if args.pipeline:
+        results = {d: pipeline_seconds(args.data_dir, d)
+                   for d in dict.fromkeys([device.type, "cpu"])}
+        for d, seconds in results.items():
+            print(f"{d}: epoch {seconds['epoch']:.1f} s, validation {seconds['validation']:.1f} s "
+                  f"(epoch + validation {seconds['epoch'] + seconds['validation']:.1f} s), "
+                  f"test.py {seconds['test_py']:.1f} s")
+        return results
     repeats, steps = (5, 8) if args.full else (3, 3)
     default_precision = pick_precision("auto", device)
     low = "bf16" if default_precision == "bf16" else "fp16" if device.type == "cuda" else "fp32"

@@ -25,7 +25,7 @@ class CheckpointError(Exception):
 def save_checkpoint(state, path):
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
 
-    A crash mid-write leaves any previous file at ``path`` intact.
+    A crash mid-write leaves any previous file at ``path`` intact. Returns ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +35,7 @@ def save_checkpoint(state, path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
 
 
 def load_checkpoint(path):

@@ -112,7 +112,8 @@ def check_args(args):
             ("max-norm", 0, math.inf, args.max_norm), ("teacher-blur", 0, 0.5, args.teacher_blur),
             ("seed", 0, 2 ** 32, args.seed)):
         if not (low <= value < high and (name != "learning-rate" or value > 0)):
-            problems.append(f"--{name} must be in [{low}, {high}) (got {value})")
+            problems.append(f"--{name} must be in {'(['[name != 'learning-rate']}{low}, {high}) "
+                            f"(got {value})")
     if args.fold is not None and not 0 <= args.fold < dataset.N_FOLDS:
         problems.append(f"--fold must be in 0..{dataset.N_FOLDS - 1} (got {args.fold})")
     if args.uniform_locations_per_image and not args.teacher:
@@ -317,8 +318,7 @@ def train(run):
     args, val_set, bar_enabled = run["args"], run["val_set"], sys.stderr.isatty()
 
     def save(name):
-        save_checkpoint(checkpoint_state(run), run["dir"] / name)
-        return run["dir"] / name
+        return save_checkpoint(checkpoint_state(run), run["dir"] / name)
 
     def on_stop_signal(signum, frame):
         if run["stop"]:  # a second Ctrl-C: stop now
