@@ -283,6 +283,8 @@ def build(args, command=""):
     optimizer, scheduler = make_optimizer(model, args.optimizer, args.learning_rate,
                                           args.weight_decay, args.momentum,
                                           args.lr_schedule, args.epochs)
+    targets = (teacher_maps(args.teacher, train_set, args.cache_dir, device, precision,
+                            args.teacher_blur) if args.teacher else None)  # before the folder
     if resume_state is not None:
         run_dir = Path(args.checkpoint_dir) / (args.run_name or resume_state["run_name"])
     else:
@@ -296,13 +298,11 @@ def build(args, command=""):
            {"dropout": args.dropout, "batch_norm": args.batch_norm},
            "device": device, "precision": precision, "train_set": train_set, "data": data,
            "generator": torch.Generator().manual_seed(args.seed), "name": run_dir.name,
-           "dir": run_dir,
-           "epoch": 0, "step": 0, "best": -math.inf, "progress": dict(EPOCH_START),
+           "dir": run_dir, "epoch": 0, "step": 0, "best": -math.inf, "progress": dict(EPOCH_START),
            "command": command, "stop": False,
            "recorder": FeatureRecorder(model.stream(0)) if resume_state is None else None,
            "train_scales": [dataset.pad_images(s).to(device) for s in train_set.scales],
-           "targets": (teacher_maps(args.teacher, train_set, args.cache_dir, device, precision,
-                                    args.teacher_blur) if args.teacher else None)}
+           "targets": targets}
     if resume_state is not None:
         restore(run, resume_state)
     val_locations = dataset.sample_locations(val_set.maps, torch.Generator().manual_seed(12345))
