@@ -75,7 +75,8 @@ def load_model(args, device):
     return state, model
 
 
-def ensure_output_dir(path):
+def ensure_output_dir(path, flag="--output-dir"):
+    """Create folder ``path`` if needed and check that it can be written; UsageError if not."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def ensure_output_dir(path):
         probe.unlink()
     except OSError as error:
         raise UsageError(f"cannot write to output dir {path} ({error.strerror}). Pass a "
-                         f"writable --output-dir.")
+                         f"writable {flag}.")
     return path
 
 
@@ -373,6 +374,8 @@ def main(argv=None):
         if tuned and Path(tuned).resolve() == Path(args.checkpoint).resolve():
             raise UsageError(f"--tune-post-processing {tuned} would overwrite the checkpoint "
                              f"it evaluates; name a new file.")
+        if tuned:
+            ensure_output_dir(Path(tuned).parent, "--tune-post-processing")
         precision = pick_precision(args.precision, device)
         if args.folds:
             if args.images or tuned:
@@ -388,7 +391,11 @@ def main(argv=None):
               flush=True)
         if tuned:
             state["post_processing"] = tune_post_processing(model, args, precision)
-            save_checkpoint(state, tuned)
+            try:
+                save_checkpoint(state, tuned)
+            except (OSError, RuntimeError) as error:  # torch reports a failed write so
+                raise UsageError(f"cannot write {tuned} ({str(error).splitlines()[0]}). Pass "
+                                 f"a writable path to --tune-post-processing.")
             print(f"wrote {tuned} with post-processing {state['post_processing']}")
         if files:
             own_images(args, files, state, model, precision, output_dir)

@@ -166,6 +166,11 @@ def test_tuning_post_processing_writes_a_new_file_and_never_the_evaluated_one(tm
                         "--tune-post-processing", str(shipped))
     assert result.returncode != 0 and "would overwrite the checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+    (tmp_path / "a_file").write_text("not a folder")  # found before a minute of tuning
+    result = run_script(tmp_path, "test.py", "--checkpoint", str(shipped),
+                        "--tune-post-processing", str(tmp_path / "a_file" / "tuned.pth"))
+    assert result.returncode != 0 and "Pass a writable --tune-post-processing" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # ----------------------------------------------------------------------------- checkpoints
