@@ -166,7 +166,7 @@ def write_figure(data, maps, scores, path, source_images):
     for row, i in enumerate(picks):
         image = source_images(i)
         fixations, density = data.ground_truth(i)
-        pred = full_size(maps[i], None, *density.shape)
+        pred = full_size(maps[i], None, *fixations.shape)  # the image's size, as scored
         ys, xs = np.nonzero(fixations)
         panels = [(image, f"{data.names[i]}"), (density, "ground truth + fixations"),
                   (pred, f"prediction (AUC-Judd {judd[i]:.3f})"), (overlay(image, pred), "overlay")]

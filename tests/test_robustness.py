@@ -316,10 +316,10 @@ def test_maps_never_overwrite_the_images_they_come_from(tmp_path):
 def test_ground_truth_of_another_size_than_its_image_is_scored_and_drawn(tmp_path, monkeypatch):
     data = tmp_path / "mini"
     write_mit_folder(data, ["a", "b", "c"], size=(48, 64))
-    for name in ("a", "b"):
-        small = np.zeros((24, 32), np.uint8)
+    for name, suffixes in (("a", ("_fixMap.jpg", "_fixPts.jpg")), ("b", ("_fixMap.jpg",))):
+        small = np.zeros((24, 32), np.uint8)  # b: a small density beside full-size points
         small[5:10, 5:10] = 255
-        for suffix in ("_fixMap.jpg", "_fixPts.jpg"):
+        for suffix in suffixes:
             Image.fromarray(small).save(data / dataset.MAPS / f"{name}{suffix}")
     result = run_script(tmp_path, "test.py", "--data-dir", str(data), "--split", "all",
                         "--checkpoint", str(PRETRAINED / "MrCNNs.pth"), "--save-maps",
