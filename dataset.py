@@ -375,17 +375,17 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
     key = _cache_key(data_dir, names, stimuli)
     folder = Path(cache_dir) / key
     cached = _load_cache(folder, key)
+    job = lambda name: (str(stimuli[name]), str(Path(data_dir) / MAPS), name)  # _decode_one's
     try:  # checked now: decoding takes a while
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DatasetError(f"cannot write the image cache in {cache_dir} ({error.strerror}). "
                            f"Pass a writable --cache-dir.") from None
-    if cached is not None and any(not isinstance(_decode_one((str(stimuli[n]),
-                                                             str(Path(data_dir) / MAPS), n))[1], str)
-                                  for n, _ in cached[1]):
+    if cached is not None and any(not isinstance(_decode_one(job(n))[1], str)
+                                  for n, _ in cached[1]):  # a skipped image that reads now
         cached = None
     if cached is None:
-        jobs = [(str(stimuli[n]), str(Path(data_dir) / MAPS), n) for n in names]
+        jobs = [job(n) for n in names]
         results = []
         with Pool(max(1, workers or os.cpu_count() or 1)) as pool:
             iterator = pool.imap(_decode_one, jobs, chunksize=8)
@@ -483,9 +483,8 @@ def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, se
 
 
 def _load_training_data(data_dir, fold, cache_dir, workers, seed):
-    if data_dir == SYNTHETIC or is_coursework_dir(data_dir):
-        if fold is not None:
-            raise DatasetError("--fold needs the MIT1003 layout: pass its folder with --data-dir")
+    if fold is not None and (data_dir == SYNTHETIC or is_coursework_dir(data_dir)):
+        raise DatasetError("--fold needs the MIT1003 layout: pass its folder with --data-dir")
     if data_dir == SYNTHETIC:
         print(f"note: training on a built-in SYNTHETIC saliency set ({SYNTHETIC_SIZES['train']} "
               f"train / {SYNTHETIC_SIZES['val']} val scenes), not MIT1003. For the real thing, "

@@ -69,9 +69,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_model(args, device):
-    state = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(state, args.checkpoint).to(device).eval()
+def load_model(path, device):
+    """A checkpoint file -> (its dict, its model in eval mode on ``device``)."""
+    state = load_checkpoint(path)
+    model = model_from_checkpoint(state, path).to(device).eval()
     return state, model
 
 
@@ -260,12 +261,11 @@ def cross_validate(args, device, precision, output_dir):
                          f"first (got {len(args.folds)})")
     names, pooled, per_fold = [], {}, []
     for k, path in enumerate(args.folds):
-        state = load_checkpoint(path)
+        state, model = load_model(path, device)
         if state.get("args", {}).get("fold") != k:
             raise UsageError(f"{path} was not trained with --fold {k} (its fold: "
                              f"{state.get('args', {}).get('fold')}). Pass the runs in fold "
                              f"order 0..{dataset.N_FOLDS - 1}.")
-        model = model_from_checkpoint(state, path).to(device).eval()
         data = dataset.load_mit(args.data_dir, f"fold{k}/test", args.cache_dir,
                                 args.worker_count, ground_truth=True)
         _, scores, default_row = score_split(args, state, model, precision, data)
@@ -345,11 +345,11 @@ def own_images(args, files, state, model, precision, output_dir):
         scales = [dataset.resize_rgb(image, s)[None] for s in dataset.SCALES]
         grid = saliency_grid(model, scales, args.inference, args.grid_size, precision=precision)[0]
         saliency = full_size(grid, post, image.height, image.width)
-        save_png(saliency, output_dir / f"{path.stem}{OUTPUT_SUFFIXES[0]}")
+        saliency_png, overlay_png = (output_dir / f"{path.stem}{s}" for s in OUTPUT_SUFFIXES)
+        save_png(saliency, saliency_png)
         picture = overlay(np.asarray(image, dtype=np.float64), saliency)
-        Image.fromarray((picture * 255 + 0.5).astype(np.uint8)).save(
-            output_dir / f"{path.stem}_overlay.png")
-        print(f"wrote {output_dir / f'{path.stem}_saliency.png'} and {path.stem}_overlay.png")
+        Image.fromarray((picture * 255 + 0.5).astype(np.uint8)).save(overlay_png)
+        print(f"wrote {saliency_png} and {overlay_png.name}")
     if unreadable:
         raise UsageError(f"{len(unreadable)} of the {len(files)} images could not be read "
                          f"({', '.join(unreadable)}; see above), the other maps were written. "
@@ -383,7 +383,7 @@ def main(argv=None):
                                  "--tune-post-processing")
             cross_validate(args, device, precision, ensure_output_dir(args.output_dir))
             return 0
-        state, model = load_model(args, device)
+        state, model = load_model(args.checkpoint, device)
         files = image_files(args.images, args.output_dir) if args.images else None
         output_dir = ensure_output_dir(args.output_dir)
         print(f"{args.checkpoint} ({state['model']}) on {device}, {precision}: "

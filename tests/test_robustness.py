@@ -304,8 +304,8 @@ def test_maps_never_overwrite_the_images_they_come_from(tmp_path):
         Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(photos / f"{name}.png")
     Image.fromarray(np.full((20, 20, 3), 9, np.uint8)).save(photos / "a_saliency.png")
     before = (photos / "a_saliency.png").read_bytes()
-    result = run_script(tmp_path, "test.py", "--images", str(photos), str(photos / "a_saliency.png"),
-                        "--output-dir", str(photos))
+    result = run_script(tmp_path, "test.py", "--images", str(photos),
+                        str(photos / "a_saliency.png"), "--output-dir", str(photos))
     assert result.returncode != 0 and "would overwrite the input" in result.stderr
     assert (photos / "a_saliency.png").read_bytes() == before and "Traceback" not in result.stderr
     result = run_script(tmp_path, "test.py", "--images", str(photos), "--output-dir", str(photos))
