@@ -201,3 +201,26 @@ def test_training_splits_skip_the_original_size_ground_truth(tmp_path, monkeypat
     train, test = load("fold0/train"), load("fold0/test")
     assert train.names == ["c"] and train.fixations == [] and train.densities == []
     assert test.names == ["a"] and test.fixations[0].shape == (48, 64)
+
+
+def test_packed_copy_keeps_every_image_and_its_exact_fixation_points(tmp_path):
+    from tools import pack_mit1003
+    original, packed = tmp_path / "mini", tmp_path / "packed"
+    write_mit_folder(original, ["a", "b", "c"], size=(300, 500))
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):  # sparse, scattered fixations as MIT1003 has them
+        points = np.zeros((300, 500), np.uint8)
+        points[rng.integers(0, 300, 60), rng.integers(0, 500, 60)] = 255
+        Image.fromarray(points).save(original / dataset.MAPS / f"{name}_fixPts.jpg", quality=95)
+    pack_mit1003.main(["--data-dir", str(original), "--output-dir", str(packed)])
+    assert dataset.mit_layout_names(packed)[0] == ["a", "b", "c"]
+    loaded = dataset.load_mit(packed, "all", cache_dir=tmp_path / "cache", workers=1,
+                              progress=False, ground_truth=True)
+    for i, name in enumerate(loaded.names):
+        with Image.open(packed / dataset.STIMULI / f"{name}.jpeg") as stimulus:
+            assert stimulus.size == (dataset.SCALES[0], dataset.SCALES[0])
+        points, density = dataset.read_ground_truth(original, name)
+        assert np.array_equal(loaded.fixations[i], points) and 30 < points.sum() <= 60
+        assert loaded.densities[i].shape == (dataset.MAP_SIZE, dataset.MAP_SIZE)
+        expected = dataset.resize_map_uint8(density).numpy() / 255
+        assert np.abs(loaded.densities[i] - expected).max() < 0.05
