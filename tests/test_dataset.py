@@ -224,3 +224,7 @@ def test_packed_copy_keeps_every_image_and_its_exact_fixation_points(tmp_path):
         assert loaded.densities[i].shape == (dataset.MAP_SIZE, dataset.MAP_SIZE)
         expected = dataset.resize_map_uint8(density).numpy() / 255
         assert np.abs(loaded.densities[i] - expected).max() < 0.05
+    for existing in (packed, original):  # nothing is overwritten, least of all the original
+        with pytest.raises(SystemExit, match=f"{existing} exists"):
+            pack_mit1003.main(["--data-dir", str(original), "--output-dir", str(existing)])
+    assert dataset.read_ground_truth(original, "a")[0].shape == (300, 500)

@@ -21,23 +21,29 @@ differ in size from their points, which dataset.py notes once per image
     python -m tools.pack_mit1003 --data-dir data/MIT1003 --output-dir data/MIT1003_packed
 """
 import argparse
-import shutil
+import sys
 from pathlib import Path
 
 from PIL import Image
 
-from dataset import (MAPS, SCALES, STIMULI, mit_layout_names, open_grey, open_rgb,
-                     resize_map_uint8)
+from dataset import (MAPS, SCALES, STIMULI, DatasetError, mit_layout_names, open_grey,
+                     open_rgb, resize_map_uint8)
 from metrics import as_binary_map
 
 
 def pack(data_dir, output_dir, quality):
-    """Write the packed copy of every image of data_dir; returns its size in bytes."""
+    """Write the packed copy of every image of data_dir into the new folder output_dir;
+    returns its size in bytes. DatasetError if output_dir exists (nothing is overwritten)."""
     names, stimuli = mit_layout_names(data_dir)
     output_dir = Path(output_dir)
-    shutil.rmtree(output_dir, ignore_errors=True)
-    (output_dir / STIMULI).mkdir(parents=True)
-    (output_dir / MAPS).mkdir()
+    try:
+        output_dir.mkdir(parents=True)
+        (output_dir / STIMULI).mkdir()
+        (output_dir / MAPS).mkdir()
+    except FileExistsError:
+        raise DatasetError(f"{output_dir} exists: remove it or choose another --output-dir")
+    except OSError as error:
+        raise DatasetError(f"cannot create {output_dir}: {error}")
     maps_dir = Path(data_dir) / MAPS
     for name in names:
         image = open_rgb(stimuli[name]).resize((SCALES[0], SCALES[0]), Image.BILINEAR)
@@ -55,9 +61,17 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-dir", default="data/MIT1003", help="original MIT1003")
     parser.add_argument("--output-dir", default="data/MIT1003_packed", help="where to write")
-    parser.add_argument("--quality", type=int, default=70, help="JPEG quality of the stimuli")
+    parser.add_argument("--quality", type=int, default=70,
+                        help="JPEG quality of the stimuli, 1..95")
     args = parser.parse_args(argv)
-    size = pack(args.data_dir, args.output_dir, args.quality)
+    if not 1 <= args.quality <= 95:
+        parser.error(f"--quality must be in 1..95, not {args.quality}")
+    try:
+        size = pack(args.data_dir, args.output_dir, args.quality)
+    except DatasetError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: {args.output_dir} is incomplete; remove it and run again")
     print(f"{args.output_dir}: {size / 2**20:.1f} MiB")
 
 
