@@ -8,15 +8,12 @@ cross-validation fold:
   the 250x250 and 150x150 scales from these;
 - fixation maps at 400x400 (all that training draws locations from), JPEG quality 85;
 - fixation points exactly, at their original size, stored losslessly (PNG data under the
-  ``_fixPts.jpg`` name that the layout expects; PIL decodes by content), so that shuffled AUC,
-  AUC-Judd and NSS, the metrics that choose epochs, count the same fixations as on the
-  original.
+  ``_fixPts.jpg`` name that the layout expects; PIL decodes by content), so that shuffled AUC
+  (which chooses the epoch), AUC-Judd and NSS count the same fixations as on the original.
 
 Scores on the copy are close to, not equal to, scores on the original: the network sees
 JPEG-recompressed 400x400 stimuli, and CC, SIM and KL compare with a 400x400 fixation map
-(RESULTS.md measures the difference). Report final figures from the original images. The maps
-differ in size from their points, which dataset.py notes once per image
-(``PYTHONWARNINGS=ignore`` silences it).
+(RESULTS.md measures the difference). Report final figures from the original images.
 
     python -m tools.pack_mit1003 --data-dir data/MIT1003 --output-dir data/MIT1003_packed
 """
