@@ -103,7 +103,9 @@ class SaliencySet:
     [N, 400, 400] fixation density scaled so that its maximum is 255; fixations / densities:
     original-size ground truth (bool [H, W] points, float [H, W] density) per image, or None
     where unknown; samples: for the coursework's pre-cut training files, fixed crops
-    (float [M, 3, 3, 42, 42]) and labels (float [M]), else None.
+    (float [M, 3, 3, 42, 42]) and labels (float [M]), else None. For an MIT-layout folder,
+    cache_key names its image cache (files' sizes and times) and content_key hashes the names
+    and file contents of these images (the same wherever the folder is copied).
     """
     names: list
     scales: list
@@ -112,6 +114,7 @@ class SaliencySet:
     densities: list = field(default_factory=list)
     samples: tuple = None
     cache_key: str = None
+    content_key: str = None
 
     def __len__(self):
         return len(self.names)
@@ -311,14 +314,19 @@ def make_splits(names, seed=SPLIT_SEED):
 
 def _decode_one(args):
     """Worker: (stimulus path, maps dir, name) -> (name, resized arrays or a reason to skip
-    the image, notes for the user)."""
+    the image, notes for the user, sha1 of the bytes of its three files or None)."""
     path, maps_dir, name = args
+    files = [Path(path), Path(maps_dir) / f"{name}_fixMap.jpg",
+             Path(maps_dir) / f"{name}_fixPts.jpg"]
     try:
-        image = open_rgb(path)
-        density = open_grey(Path(maps_dir) / f"{name}_fixMap.jpg")
-        open_grey(Path(maps_dir) / f"{name}_fixPts.jpg")  # unreadable points: skip the image now
-    except DatasetError as error:
-        return name, f"{error} The image is skipped.", []
+        image = open_rgb(files[0])
+        density = open_grey(files[1])
+        open_grey(files[2])  # unreadable points: skip the image now
+        digest = hashlib.sha1()
+        for file in files:
+            digest.update(file.read_bytes())
+    except (DatasetError, OSError) as error:
+        return name, f"{error} The image is skipped.", [], None
     notes = []
     if density.shape != (image.height, image.width):
         notes.append(f"{name}: fixation map is {density.shape[1]}x{density.shape[0]}, the image "
@@ -326,9 +334,9 @@ def _decode_one(args):
         density = np.asarray(Image.fromarray(density.astype(np.float32), mode="F")
                              .resize(image.size, Image.BILINEAR), dtype=np.float64)
     if density.max() <= 0 or (density / density.max() > FIXATION_THRESHOLD).sum() == 0:
-        return name, f"{name}: fixation map has no fixated pixel; the image is skipped", notes
+        return name, f"{name}: fixation map has no fixated pixel; the image is skipped", notes, None
     scales = [resize_rgb(image, s).numpy() for s in SCALES]
-    return name, (scales, resize_map_uint8(density).numpy()), notes
+    return name, (scales, resize_map_uint8(density).numpy()), notes, digest.hexdigest()
 
 
 def _cache_key(data_dir, names, stimuli):
@@ -353,9 +361,10 @@ def _load_cache(folder, key):
         arrays = [np.load(folder / f"scale{s}.npy", mmap_mode="r") for s in SCALES]
         maps = np.load(folder / "maps.npy", mmap_mode="r")
         n = len(meta["names"])
-        if any(a.shape != (n, 3, s, s) for a, s in zip(arrays, SCALES)) or maps.shape[0] != n:
+        if (any(a.shape != (n, 3, s, s) for a, s in zip(arrays, SCALES)) or maps.shape[0] != n
+                or len(meta["digests"]) != n):
             return None
-        return meta["names"], meta["skipped"], arrays, maps
+        return meta["names"], meta["skipped"], arrays, maps, meta["digests"]
     except (OSError, ValueError, KeyError):
         return None
 
@@ -368,7 +377,8 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
     edited dataset is re-read; a cache that fails to load or whose shapes disagree with
     meta.json is rebuilt, and so is one that skipped an image that now reads (a failure, such as
     a passing I/O error, is never kept). It is written to a temporary folder and renamed, so an
-    interrupted build leaves no half cache. Returns (names, scales arrays, maps array, key).
+    interrupted build leaves no half cache. Returns (names, scales arrays, maps array, key,
+    per-image sha1 of the bytes of its three files).
     """
     from tqdm import tqdm
     names, stimuli = mit_layout_names(data_dir)
@@ -392,10 +402,10 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
             for result in tqdm(iterator, total=len(jobs), desc=f"caching {Path(data_dir).name}",
                                disable=not progress, unit="img"):
                 results.append(result)
-        for note in (note for _, _, notes in results for note in notes):
+        for note in (note for _, _, notes, _ in results for note in notes):
             warnings.warn(note)
-        kept = [(n, r) for n, r, _ in results if not isinstance(r, str)]
-        skipped = [(n, r) for n, r, _ in results if isinstance(r, str)]
+        kept = [(n, r, digest) for n, r, _, digest in results if not isinstance(r, str)]
+        skipped = [(n, r) for n, r, _, _ in results if isinstance(r, str)]
         if not kept:
             raise DatasetError(f"no usable image in {data_dir}: "
                                f"{[message for _, message in skipped[:3]]}")
@@ -404,10 +414,11 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             for k, s in enumerate(SCALES):
-                np.save(tmp / f"scale{s}.npy", np.stack([r[0][k] for _, r in kept]))
-            np.save(tmp / "maps.npy", np.stack([r[1] for _, r in kept]))
-            (tmp / "meta.json").write_text(json.dumps({"key": key, "skipped": skipped,
-                                                       "names": [n for n, _ in kept]}))
+                np.save(tmp / f"scale{s}.npy", np.stack([r[0][k] for _, r, _ in kept]))
+            np.save(tmp / "maps.npy", np.stack([r[1] for _, r, _ in kept]))
+            (tmp / "meta.json").write_text(json.dumps({
+                "key": key, "skipped": skipped, "names": [n for n, _, _ in kept],
+                "digests": [digest for _, _, digest in kept]}))
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(tmp, folder)
         except OSError as error:
@@ -417,10 +428,10 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
         finally:  # a failed or interrupted build leaves no temporary folder behind
             shutil.rmtree(tmp, ignore_errors=True)
         cached = _load_cache(folder, key)
-    cached_names, skipped, arrays, maps = cached
+    cached_names, skipped, arrays, maps, digests = cached
     for _, message in skipped:
         warnings.warn(message)
-    return cached_names, arrays, maps, key
+    return cached_names, arrays, maps, key, digests
 
 
 def read_ground_truth(data_dir, name):
@@ -440,7 +451,7 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
     is read when ``ground_truth`` is True (default: for every split but the training ones, whose
     training only needs the 400x400 maps).
     """
-    names, arrays, maps, key = build_image_cache(data_dir, cache_dir, workers, progress)
+    names, arrays, maps, key, digests = build_image_cache(data_dir, cache_dir, workers, progress)
     if split == "all":
         chosen = list(range(len(names)))
     else:
@@ -460,8 +471,9 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
             points, density = read_ground_truth(data_dir, name)
             fixations.append(points)
             densities.append(density)
+    content = hashlib.sha1("".join(f"{names[i]} {digests[i]}\n" for i in chosen).encode())
     return SaliencySet(chosen_names, scales, torch.from_numpy(np.ascontiguousarray(maps[idx])),
-                       fixations, densities, cache_key=key)
+                       fixations, densities, cache_key=key, content_key=content.hexdigest())
 
 
 def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, seed=0,
@@ -471,10 +483,14 @@ def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, se
     data_dir: an MIT-layout folder (the 803/100/100 split, or with ``fold`` K the
     cross-validation folds: train on eight, validate on fold K + 1, fold K held out), a folder
     of the coursework's files, or 'synthetic' (scenes generated from ``seed``). The record
-    ({'source', 'dir', 'cache_key'} or {'source', 'seed', 'sizes'}) lets a resumed run check
-    that its data did not change: pass it as ``expected`` (DatasetError if it differs)."""
+    ({'source', 'dir', 'cache_key', 'content_key'} or {'source', 'seed', 'sizes'}) lets a
+    resumed run check that its data did not change: pass it as ``expected`` (DatasetError if
+    its content differs; a copy of the folder elsewhere, with new file times, is the same)."""
     train, val, record = _load_training_data(data_dir, fold, cache_dir, workers, seed)
-    same = lambda r: {k: v for k, v in r.items() if k != "dir"}  # one folder, another path
+    # records written before content_key existed are compared by cache key (sizes and times)
+    new_record = isinstance(expected, dict) and "content_key" in expected
+    ignored = {"dir", "cache_key"} if new_record else {"dir", "content_key"}
+    same = lambda r: {k: v for k, v in r.items() if k not in ignored}
     if isinstance(expected, dict) and same(expected) != same(record):
         raise DatasetError(f"the data in {record.get('dir', data_dir)} changed since the run "
                            f"started (files added, removed or edited), so it cannot continue "
@@ -497,7 +513,9 @@ def _load_training_data(data_dir, fold, cache_dir, workers, seed):
                 {"source": "coursework", "dir": str(data_dir)})
     splits = ("train", "val") if fold is None else (f"fold{fold}/train", f"fold{fold}/val")
     train, val = (load_mit(data_dir, split, cache_dir, workers) for split in splits)
-    return train, val, {"source": "mit", "dir": str(data_dir), "cache_key": train.cache_key}
+    content = hashlib.sha1(f"{train.content_key} {val.content_key}".encode()).hexdigest()
+    return train, val, {"source": "mit", "dir": str(data_dir), "cache_key": train.cache_key,
+                        "content_key": content}
 
 
 # ----------------------------------------------------------------------------- coursework

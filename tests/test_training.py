@@ -1,11 +1,14 @@
 """main.py end to end on the synthetic set: learnability, exact resume, distillation targets,
 the command line and its errors."""
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import dataset
 import distil
@@ -62,17 +65,50 @@ def test_a_resumed_run_keeps_its_data_when_data_mit1003_appears(tmp_path, small_
     assert not (tmp_path / "cache").exists()  # MIT1003 was never read
 
 
-def test_resuming_a_run_whose_data_changed_is_one_clear_error(tmp_path):
+def _train_one_epoch_on_a_tiny_mit_folder(tmp_path):
+    """-> (the data folder, last.pth of a one-epoch run on it)."""
     data = tmp_path / "data"
     write_mit_folder(data, [f"img{i}" for i in range(6)])
-    base = ["--data-dir", str(data), "--checkpoint-dir", str(tmp_path / "ck"), "--cache-dir",
-            str(tmp_path / "cache"), "--run-name", "r", "-j", "1", "--batch-size", "16"]
-    main.train(main.build(main.parse_args([*base, "--epochs", "1"])))
-    (data / dataset.MAPS / "img0_fixMap.jpg").write_bytes(
-        (data / dataset.MAPS / "img1_fixMap.jpg").read_bytes())  # an edited fixation map
+    main.train(main.build(main.parse_args([
+        "--data-dir", str(data), "--checkpoint-dir", str(tmp_path / "ck"), "--cache-dir",
+        str(tmp_path / "cache"), "--run-name", "r", "-j", "1", "--batch-size", "16",
+        "--epochs", "1"])))
+    return data, tmp_path / "ck" / "r" / "last.pth"
+
+
+def test_resuming_a_run_whose_data_changed_is_one_clear_error(tmp_path):
+    data, last = _train_one_epoch_on_a_tiny_mit_folder(tmp_path)
+    density = np.zeros((48, 64), np.uint8)
+    density[30:40, 30:40] = 255
+    Image.fromarray(density).save(data / dataset.MAPS / "img0_fixMap.jpg")  # an edited map
     with pytest.raises(SystemExit, match="changed since the run started"):
-        main.build(main.parse_args(["--resume", str(tmp_path / "ck" / "r" / "last.pth"),
-                                    "--epochs", "2"]))
+        main.build(main.parse_args(["--resume", str(last), "--epochs", "2"]))
+
+
+def test_a_run_resumes_on_a_copy_of_its_data_with_other_file_times(tmp_path):
+    data, last = _train_one_epoch_on_a_tiny_mit_folder(tmp_path)
+    copy = tmp_path / "scratch" / "MIT1003"  # e.g. staged onto a cluster node's local disk
+    shutil.copytree(data, copy)
+    for file in copy.rglob("*.jp*g"):
+        os.utime(file, ns=(10**18, 10**18))
+    before = dataset.load_training_data(data, cache_dir=tmp_path / "cache")[2]
+    after = dataset.load_training_data(copy, cache_dir=tmp_path / "cache")[2]
+    assert before["cache_key"] != after["cache_key"]  # the file times did change ...
+    run = main.build(main.parse_args(["--resume", str(last), "--data-dir", str(copy),
+                                      "--epochs", "2"]))
+    assert run["epoch"] == 1  # ... and the same content resumes
+
+
+def test_a_checkpoint_from_before_content_keys_is_checked_by_file_times(tmp_path):
+    data, last = _train_one_epoch_on_a_tiny_mit_folder(tmp_path)
+    state = torch.load(last, weights_only=True)
+    del state["data"]["content_key"]
+    torch.save(state, last)
+    resume = lambda: main.build(main.parse_args(["--resume", str(last), "--epochs", "2"]))
+    assert resume()["epoch"] == 1
+    os.utime(data / dataset.MAPS / "img0_fixMap.jpg", ns=(10**18, 10**18))
+    with pytest.raises(SystemExit, match="changed since the run started"):
+        resume()
 
 
 @pytest.fixture(autouse=True)
