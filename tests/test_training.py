@@ -1,5 +1,6 @@
 """main.py end to end on the synthetic set: learnability, exact resume, distillation targets,
-the command line and its errors."""
+the command line and its errors, and tools/train_folds.sh."""
+import json
 import os
 import shutil
 import subprocess
@@ -293,3 +294,58 @@ def test_the_first_command_of_the_readme_trains_the_synthetic_set_in_an_empty_fo
     [run_dir] = (tmp_path / "checkpoint").iterdir()
     assert (run_dir / "final_model.pth").is_file() and list(run_dir.glob("events.out.*"))
     assert not (tmp_path / ".cache").exists()  # nothing decoded: no dataset was read
+
+
+FAKE_PYTHON = """import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open({log!r}, "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[0] == "main.py":  # a fold run: finish it, unless it is the fold told to fail
+    run = (Path(args[args.index("--resume") + 1]).parent if "--resume" in args else
+           Path(args[args.index("--checkpoint-dir") + 1]) / args[args.index("--run-name") + 1])
+    if run.name != {failing!r}:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "final_model.pth").write_text("")
+"""
+
+
+def run_train_folds(tmp_path, failing=""):
+    """tools/train_folds.sh with a stand-in for python that records each call and finishes
+    each fold run -> (exit status, stdout, [argument lists of the calls])."""
+    log, fake = tmp_path / "calls.jsonl", tmp_path / "fake_python"
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_PYTHON.format(log=str(log), failing=failing))
+    fake.chmod(0o755)
+    env = {**os.environ, "PY": str(fake), "NAME": "t", "PARALLEL": "3", "DATA": "/data/MIT",
+           "CHECKPOINTS": str(tmp_path / "ck"), "OUT": str(tmp_path / "out")}
+    result = subprocess.run(["bash", str(ROOT / "tools" / "train_folds.sh"), "--epochs", "12"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    return result.returncode, result.stdout, calls
+
+
+def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_all_ten(tmp_path):
+    ck = tmp_path / "ck"
+    for k, name in ((0, "final_model.pth"), (1, "interrupted.pth"), (2, "last.pth")):
+        (ck / f"t_fold{k}").mkdir(parents=True)
+        (ck / f"t_fold{k}" / name).write_text("")
+    status, _, calls = run_train_folds(tmp_path)
+    assert status == 0
+    runs = sorted(call for call in calls if call[0] == "main.py")
+    assert runs == sorted(
+        [["main.py", "--resume", f"{ck}/t_fold1/interrupted.pth", "--data-dir", "/data/MIT",
+          "--checkpoint-dir", str(ck)],
+         ["main.py", "--resume", f"{ck}/t_fold2/last.pth", "--data-dir", "/data/MIT",
+          "--checkpoint-dir", str(ck)]]
+        + [["main.py", "--data-dir", "/data/MIT", "--fold", str(k), "--run-name", f"t_fold{k}",
+            "--checkpoint-dir", str(ck), "--epochs", "12"] for k in range(3, 10)])
+    assert calls[-1] == ["test.py", "--data-dir", "/data/MIT", "--output-dir",
+                         str(tmp_path / "out"), "--folds",
+                         *(f"{ck}/t_fold{k}/best.pth" for k in range(10))]
+
+
+def test_the_fold_script_scores_nothing_while_a_fold_is_unfinished(tmp_path):
+    status, stdout, calls = run_train_folds(tmp_path, failing="t_fold4")
+    assert status == 1 and "fold 4 did not finish" in stdout
+    assert not any(call[0] == "test.py" for call in calls)
+    assert sum(call[0] == "main.py" for call in calls) == 10

@@ -10,7 +10,8 @@
 # cluster a job array runs fold $SLURM_ARRAY_TASK_ID as:
 #   python main.py --data-dir data/MIT1003 --fold $SLURM_ARRAY_TASK_ID --run-name NAME_fold$SLURM_ARRAY_TASK_ID ...
 # A stopped fold (Ctrl-C, SIGTERM, a time limit) keeps interrupted.pth; running this script
-# again resumes it and skips the folds that have a final_model.pth.
+# again resumes it on DATA (a copy of the data elsewhere will do: main.py checks its content)
+# and skips the folds that have a final_model.pth.
 # Scores use each fold's best.pth, the epoch chosen on its inner validation fold (never on
 # the images it holds out). Environment: DATA (data/MIT1003), NAME (cv), PARALLEL (1),
 # PY (python), CHECKPOINTS (checkpoint), OUT (results/cv_NAME).
@@ -28,9 +29,9 @@ run_fold() {
     shift
     if [ -f "$dir/final_model.pth" ]; then return 0; fi
     if [ -f "$dir/interrupted.pth" ]; then
-        $PY main.py --resume "$dir/interrupted.pth" --checkpoint-dir "$CHECKPOINTS"
+        $PY main.py --resume "$dir/interrupted.pth" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
     elif [ -f "$dir/last.pth" ]; then
-        $PY main.py --resume "$dir/last.pth" --checkpoint-dir "$CHECKPOINTS"
+        $PY main.py --resume "$dir/last.pth" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
     else
         $PY main.py --data-dir "$DATA" --fold "$k" --run-name "${NAME}_fold$k" \
             --checkpoint-dir "$CHECKPOINTS" "$@"
