@@ -82,6 +82,8 @@ def parse_args(argv=None):
     add("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 if native, or fp32")
     add("-j", "--worker-count", type=int, default=os.cpu_count(), help="processes and threads")
     add("--val-frequency", type=int, default=1, help="validate every N epochs")
+    add("--patience", type=int, default=0, help="stop once val sAUC has not improved for N "
+        "validations (0: run all --epochs); final_model.pth is then the last epoch")
     add("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     add("--init-from", metavar="PATH", help="start a new run from this checkpoint's weights")
     add("--run-name", help="run folder (default: model, optimiser, lr, batch size, fold, time)")
@@ -104,7 +106,8 @@ def check_args(args):
     problems = [f"--{name.replace('_', '-')} must be at least {low} (got {value})"
                 for name, low in (("epochs", 1), ("batch_size", 1), ("fixations_per_image", 1),
                                   ("non_fixations_per_image", 1), ("val_frequency", 1),
-                                  ("uniform_locations_per_image", 0), ("worker_count", 1))
+                                  ("uniform_locations_per_image", 0), ("worker_count", 1),
+                                  ("patience", 0))
                 if (value := getattr(args, name)) is not None and value < low]
     for name, low, high, value in (
             ("learning-rate", 0, math.inf, args.learning_rate), ("dropout", 0, 1, args.dropout),
@@ -224,6 +227,7 @@ def checkpoint_state(run):
             "scheduler_state": run["scheduler"].state_dict(),
             "scaler_state": None if run["scaler"] is None else run["scaler"].state_dict(),
             "epoch": run["epoch"], "step": run["step"], "best_metric": run["best"],
+            "best_epoch": run["best_epoch"],
             "args": dict(vars(run["args"])), "command": run["command"], "run_name": run["name"],
             "data": run["data"], "epoch_progress": dict(run["progress"]),
             "rng_state": capture_rng(run["generator"])}
@@ -236,6 +240,7 @@ def restore(run, state):
     if run["scaler"] is not None and state.get("scaler_state"):
         run["scaler"].load_state_dict(state["scaler_state"])
     run.update(epoch=state["epoch"], step=state["step"], best=state["best_metric"],
+               best_epoch=state.get("best_epoch", state["epoch"]),
                progress=state.get("epoch_progress", dict(EPOCH_START)),
                command=state.get("command", run["command"]))
     restore_rng(state["rng_state"], run["generator"])
@@ -298,7 +303,8 @@ def build(args, command=""):
            {"dropout": args.dropout, "batch_norm": args.batch_norm},
            "device": device, "precision": precision, "train_set": train_set, "data": data,
            "generator": torch.Generator().manual_seed(args.seed), "name": run_dir.name,
-           "dir": run_dir, "epoch": 0, "step": 0, "best": -math.inf, "progress": dict(EPOCH_START),
+           "dir": run_dir, "epoch": 0, "step": 0, "best": -math.inf, "best_epoch": 0,
+           "progress": dict(EPOCH_START),
            "command": command, "stop": False,
            "recorder": FeatureRecorder(model.stream(0)) if resume_state is None else None,
            "train_scales": [dataset.pad_images(s).to(device) for s in train_set.scales],
@@ -331,9 +337,13 @@ def train(run):
     print(f"run {run['name']}: {args.model} on {args.data_dir} ({len(run['train_set'])} train / "
           f"{len(val_set)} val images), {run['device']} {run['precision']}; writes to "
           f"{run['dir']}", flush=True)
-    last_val, interrupted, begun, first = {}, False, time.perf_counter(), run["epoch"]
+    last_val, interrupted, finished = {}, False, False
+    begun, first = time.perf_counter(), run["epoch"]
+
+    def out_of_patience():
+        return 0 < args.patience * args.val_frequency <= run["epoch"] - run["best_epoch"]
     try:
-        while run["epoch"] < args.epochs:
+        while run["epoch"] < args.epochs and not out_of_patience():
             loss, accuracy, seconds, rate = train_one_epoch(run, writer, bar_enabled)
             run["epoch"] += 1
             for key, value in (("epoch_loss", loss), ("accuracy", accuracy),
@@ -351,7 +361,7 @@ def train(run):
                 line += (f" | val loss {last_val['loss']:.4f} AUC-Judd {last_val['auc_judd']:.4f}"
                          f" sAUC {last_val['auc_shuffled']:.4f} {time.perf_counter() - start:.1f}s")
                 if last_val["auc_shuffled"] > run["best"]:
-                    run["best"] = last_val["auc_shuffled"]
+                    run["best"], run["best_epoch"] = last_val["auc_shuffled"], run["epoch"]
                     save("best.pth")
             save("last.pth")
             left = (time.perf_counter() - begun) / (run["epoch"] - first) * (args.epochs - run[
@@ -359,7 +369,11 @@ def train(run):
             print(f"{line} | {left / 60:.1f} min left" if left else line, flush=True)
             if run["stop"]:  # the signal came during validation or saving
                 raise KeyboardInterrupt
+        if out_of_patience():
+            print(f"stopped early: val sAUC has not improved for {args.patience} validations "
+                  f"(best {run['best']:.4f} at epoch {run['best_epoch']})", flush=True)
         save("final_model.pth")
+        finished = True
     except KeyboardInterrupt:
         interrupted = True
         path = save("interrupted.pth")
@@ -377,7 +391,7 @@ def train(run):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if not interrupted and run["epoch"] >= args.epochs and last_val:
+        if finished and last_val:
             hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
             writer.add_hparams(hparams | {"device": str(run["device"]), "precision": run[
                 "precision"]}, {f"hparam/val_{k}": v for k, v in last_val.items()}, run_name=".")

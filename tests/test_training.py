@@ -274,6 +274,25 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert "pwned" not in result.stdout and "Traceback" not in result.stderr
 
 
+def test_patience_stops_a_run_once_val_sauc_stalls_and_a_resumed_run_stays_stopped(
+        tmp_path, small_synthetic, monkeypatch, capsys):
+    scores, real_validate = iter([0.70, 0.65, 0.99]), main.validate
+
+    def scripted_validate(*args):  # the real validation, with a scripted val sAUC
+        result, maps = real_validate(*args)
+        return {**result, "auc_shuffled": next(scores)}, maps
+    monkeypatch.setattr(main, "validate", scripted_validate)
+    main.train(main.build(make_args(tmp_path, "--epochs", "3", "--patience", "1",
+                                    "--batch-size", "64")))
+    run_dir = tmp_path / "checkpoint" / "run"
+    assert load_checkpoint(run_dir / "final_model.pth")["epoch"] == 2  # no gain at 2
+    assert load_checkpoint(run_dir / "best.pth")["epoch"] == 1
+    assert "stopped early" in capsys.readouterr().out
+    resumed = main.build(main.parse_args(["--resume", str(run_dir / "last.pth")]))
+    main.train(resumed)  # out of patience already: nothing more is trained
+    assert resumed["epoch"] == 2 and next(scores) == 0.99
+
+
 def test_a_nan_loss_stops_the_run_with_a_message_and_keeps_earlier_checkpoints(tmp_path,
                                                                                 small_synthetic,
                                                                                 monkeypatch):

@@ -4,7 +4,7 @@
 #
 #   NAME=adam bash tools/train_folds.sh --lr-schedule cosine --weight-decay 0.001 --epochs 12
 #   PARALLEL=5 NAME=sgd bash tools/train_folds.sh --optimizer sgd --learning-rate 0.002 \
-#       --batch-size 256 --max-norm 0.1 --epochs 100
+#       --batch-size 256 --max-norm 0.1 --epochs 300 --patience 20
 #
 # Every argument goes to each main.py run. Each fold is one independent command, so on a
 # cluster a job array runs fold $SLURM_ARRAY_TASK_ID as:
