@@ -25,17 +25,17 @@ OUT=${OUT:-results/cv_$NAME}
 cd "$(dirname "$0")/.."
 mkdir -p "$CHECKPOINTS/logs_$NAME"
 run_fold() {
-    local k=$1 dir="$CHECKPOINTS/${NAME}_fold$1"
+    local k=$1 dir="$CHECKPOINTS/${NAME}_fold$1" saved
     shift
     if [ -f "$dir/final_model.pth" ]; then return 0; fi
-    if [ -f "$dir/interrupted.pth" ]; then
-        $PY main.py --resume "$dir/interrupted.pth" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
-    elif [ -f "$dir/last.pth" ]; then
-        $PY main.py --resume "$dir/last.pth" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
-    else
-        $PY main.py --data-dir "$DATA" --fold "$k" --run-name "${NAME}_fold$k" \
-            --checkpoint-dir "$CHECKPOINTS" "$@"
-    fi
+    for saved in "$dir/interrupted.pth" "$dir/last.pth"; do
+        if [ -f "$saved" ]; then
+            $PY main.py --resume "$saved" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
+            return
+        fi
+    done
+    $PY main.py --data-dir "$DATA" --fold "$k" --run-name "${NAME}_fold$k" \
+        --checkpoint-dir "$CHECKPOINTS" "$@"
 }
 # the image cache is built once, before the runs that share it start
 $PY -c "import dataset; dataset.load_mit('$DATA', 'all')" > /dev/null || exit 1
