@@ -103,6 +103,19 @@ def model_from_checkpoint(state, path="checkpoint", expected_model=None, options
     return model.float()
 
 
+def held_out_fold(state):
+    """The cross-validation fold that the run behind checkpoint ``state`` held out (main.py
+    --fold K), or None for a run on the 803/100/100 split (which trains on parts of every fold).
+    A model may only be scored on, or feed a run (teacher, --init-from) that holds out, what
+    its own run held out."""
+    return state.get("args", {}).get("fold")
+
+
+def protocol_name(fold):
+    """'--fold K', or 'the 803/100/100 split' for None (``held_out_fold``'s values)."""
+    return "the 803/100/100 split" if fold is None else f"--fold {fold}"
+
+
 def new_run_dir(checkpoint_dir, name, numbered=True):
     """Create checkpoint_dir/name for a new run and return it. The folder belongs to this run
     alone: when it exists, ``numbered`` tries name-2, name-3, ...; otherwise SystemExit."""

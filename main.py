@@ -25,8 +25,9 @@ from torch import nn
 
 import dataset
 import metrics
-from checkpoints import (CheckpointError, capture_rng, load_checkpoint, load_resumable,
-                         model_from_checkpoint, new_run_dir, restore_rng, save_checkpoint)
+from checkpoints import (CheckpointError, capture_rng, held_out_fold, load_checkpoint,
+                         load_resumable, model_from_checkpoint, new_run_dir, protocol_name,
+                         restore_rng, save_checkpoint)
 from devices import DEVICES, PRECISIONS, autocast_context, pick_device, pick_precision
 from distil import teacher_maps
 from features import FeatureRecorder, log_validation
@@ -257,8 +258,16 @@ def build(args, command=""):
     try:  # checkpoints are checked before the (slow) data
         resume_state = load_resumable(args.resume, args.batch_size) if args.resume else None
         init_state = load_checkpoint(args.init_from) if args.init_from else None
+        sources = ([("--init-from", args.init_from, init_state)] if init_state else []) + [
+            ("--teacher", path, load_checkpoint(path)) for path in args.teacher]
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
+    for flag, path, state in sources:  # a model that trained on this run's held-out images
+        if held_out_fold(state) != args.fold:  # would leak them into its training
+            raise SystemExit(f"error: {flag} {path} comes from a run on "
+                             f"{protocol_name(held_out_fold(state))}, which trained on images "
+                             f"that this run ({protocol_name(args.fold)}) holds out. Use one "
+                             f"from a run on {protocol_name(args.fold)}.")
     source, source_path = resume_state or init_state, args.resume or args.init_from
     model = None if source is None else make_model(args, source, source_path, None)
     if args.data_dir is None:  # resolved now, so that a resumed run reads the same data

@@ -22,7 +22,8 @@ from PIL import Image
 
 import dataset
 import metrics
-from checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoints import (CheckpointError, held_out_fold, load_checkpoint, model_from_checkpoint,
+                         protocol_name, save_checkpoint)
 from devices import DEVICES, PRECISIONS, pick_device, pick_precision
 from inference import MODES, centre_bias_map, post_process, predict_maps, saliency_grid
 
@@ -97,9 +98,12 @@ def load_split(args):
                             ground_truth=True)
 
 
-def tune_post_processing(model, args, precision):
-    """Grid-search blur sigma and centre weight for mean AUC-Judd on the val split."""
-    val = dataset.load_mit(args.data_dir, "val", args.cache_dir, args.worker_count)
+def tune_post_processing(state, model, args, precision):
+    """Grid-search blur sigma and centre weight for mean AUC-Judd on the split that the run
+    behind ``state`` validated on: val, or fold K+1 for a --fold K run."""
+    fold = held_out_fold(state)
+    val = dataset.load_mit(args.data_dir, "val" if fold is None else f"fold{fold}/val",
+                           args.cache_dir, args.worker_count)
     maps = predict_maps(model, val, args.inference, precision, args.grid_size)
     best = (-1.0, 0.0, 0.0)
     for sigma in BLUR_SIGMAS:
@@ -262,9 +266,9 @@ def cross_validate(args, device, precision, output_dir):
     names, pooled, per_fold = [], {}, []
     for k, path in enumerate(args.folds):
         state, model = load_model(path, device)
-        if state.get("args", {}).get("fold") != k:
-            raise UsageError(f"{path} was not trained with --fold {k} (its fold: "
-                             f"{state.get('args', {}).get('fold')}). Pass the runs in fold "
+        if held_out_fold(state) != k:
+            raise UsageError(f"{path} was not trained with --fold {k} (it comes from a run on "
+                             f"{protocol_name(held_out_fold(state))}). Pass the runs in fold "
                              f"order 0..{dataset.N_FOLDS - 1}.")
         data = dataset.load_mit(args.data_dir, f"fold{k}/test", args.cache_dir,
                                 args.worker_count, ground_truth=True)
@@ -385,12 +389,20 @@ def main(argv=None):
             return 0
         state, model = load_model(args.checkpoint, device)
         files = image_files(args.images, args.output_dir) if args.images else None
+        split_fold = int(args.split[4:-5]) if args.split.startswith("fold") else None
+        if not files and args.split not in ("train", "all") and \
+                held_out_fold(state) != split_fold:
+            raise UsageError(f"{args.checkpoint} comes from a run on "
+                             f"{protocol_name(held_out_fold(state))}, which trained on images of "
+                             f"--split {args.split}: its scores there would flatter it. Score a "
+                             f"--fold K run on fold<K>/test (or all ten with --folds), any other "
+                             f"on val or test.")
         output_dir = ensure_output_dir(args.output_dir)
         print(f"{args.checkpoint} ({state['model']}) on {device}, {precision}: "
               f"{f'{len(files)} images' if files else f'split {args.split} of {args.data_dir}'}",
               flush=True)
         if tuned:
-            state["post_processing"] = tune_post_processing(model, args, precision)
+            state["post_processing"] = tune_post_processing(state, model, args, precision)
             try:
                 save_checkpoint(state, tuned)
             except (OSError, RuntimeError) as error:  # torch reports a failed write so

@@ -227,3 +227,26 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
     with pytest.raises(SystemExit, match="was not trained with --fold 0"):
         evaluation.main([*common, "--folds", *map(str, folds[::-1]),
                          "--output-dir", str(tmp_path / "cv2")])
+
+
+def test_a_model_is_scored_only_where_its_run_held_the_images_out(tmp_path, monkeypatch):
+    """A --fold K run trained on most of the test split, and a run on the 803/100/100 split on
+    most of fold K: either pairing is refused; a fold run tunes on its own inner fold K+1."""
+    evaluation = load_test_py()
+    fold3 = load_checkpoint(PRETRAINED / "MrCNNs.pth")
+    fold3["args"] = {**fold3["args"], "fold": 3}
+    torch.save(fold3, tmp_path / "fold3.pth")
+    common = ["--data-dir", str(tmp_path / "absent"), "--output-dir", str(tmp_path / "out")]
+    for checkpoint, split, trained_on in ((tmp_path / "fold3.pth", "test", "--fold 3"),
+                                          (PRETRAINED / "MrCNNs.pth", "fold3/test",
+                                           "the 803/100/100 split")):
+        with pytest.raises(SystemExit, match=f"comes from a run on {trained_on}, which trained "
+                                             f"on images of --split {split}"):
+            evaluation.main([*common, "--checkpoint", str(checkpoint), "--split", split])
+    loaded = []
+    monkeypatch.setattr(dataset, "load_mit", lambda data_dir, split, *rest, **options:
+                        loaded.append(split) or sys.exit("stop after the first load"))
+    with pytest.raises(SystemExit, match="stop after the first load"):
+        evaluation.main([*common, "--checkpoint", str(tmp_path / "fold3.pth"), "--split",
+                         "fold3/test", "--tune-post-processing", str(tmp_path / "tuned.pth")])
+    assert loaded == ["fold3/val"]  # fold 3 run: validated on fold 4

@@ -261,6 +261,24 @@ def test_bad_arguments_exit_with_one_clear_line(tmp_path, args, message):
     assert not (tmp_path / "checkpoint").exists()  # a refused run leaves no folder
 
 
+def test_a_teacher_or_start_that_trained_on_the_held_out_images_is_refused(tmp_path):
+    fold3 = load_checkpoint(PRETRAINED / "MrCNN.pth")
+    fold3["args"] = {**fold3["args"], "fold": 3}
+    torch.save(fold3, tmp_path / "fold3.pth")
+    shipped, fold3 = str(PRETRAINED / "MrCNN.pth"), str(tmp_path / "fold3.pth")
+    for args, message in (
+            (["--fold", "3", "--teacher", shipped], f"--teacher {shipped} comes from a run on "
+             "the 803/100/100 split, which trained on images that this run (--fold 3) holds out"),
+            (["--init-from", fold3], f"--init-from {fold3} comes from a run on --fold 3, which "
+             "trained on images that this run (the 803/100/100 split) holds out"),
+            (["--fold", "4", "--init-from", fold3, "--teacher", fold3], "(--fold 4) holds out"),
+            # the same fold passes (synthetic data has no folds: the next check stops it)
+            (["--fold", "3", "--init-from", fold3, "--teacher", fold3], "--fold needs the MIT")):
+        result = run_main(tmp_path, "--data-dir", "synthetic", *args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     import pickle
 
@@ -337,13 +355,16 @@ def run_train_folds(tmp_path, failing=""):
     fake.chmod(0o755)
     env = {**os.environ, "PY": str(fake), "NAME": "t", "PARALLEL": "3", "DATA": "/data/MIT",
            "CHECKPOINTS": str(tmp_path / "ck"), "OUT": str(tmp_path / "out")}
-    result = subprocess.run(["bash", str(ROOT / "tools" / "train_folds.sh"), "--epochs", "12"],
+    result = subprocess.run(["bash", str(ROOT / "tools" / "train_folds.sh"), "--epochs", "12",
+                             "--teacher", "t_fold{K}/best.pth"],
                             env=env, capture_output=True, text=True, timeout=60)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     return result.returncode, result.stdout, calls
 
 
 def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_all_ten(tmp_path):
+    """Finished folds are skipped, stopped ones resumed, new ones started with {K} in their
+    arguments replaced by the fold; then the ten are scored."""
     ck = tmp_path / "ck"
     for k, name in ((0, "final_model.pth"), (1, "interrupted.pth"), (2, "last.pth")):
         (ck / f"t_fold{k}").mkdir(parents=True)
@@ -357,7 +378,8 @@ def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_al
          ["main.py", "--resume", f"{ck}/t_fold2/last.pth", "--data-dir", "/data/MIT",
           "--checkpoint-dir", str(ck)]]
         + [["main.py", "--data-dir", "/data/MIT", "--fold", str(k), "--run-name", f"t_fold{k}",
-            "--checkpoint-dir", str(ck), "--epochs", "12"] for k in range(3, 10)])
+            "--checkpoint-dir", str(ck), "--epochs", "12", "--teacher", f"t_fold{k}/best.pth"]
+           for k in range(3, 10)])
     assert calls[-1] == ["test.py", "--data-dir", "/data/MIT", "--output-dir",
                          str(tmp_path / "out"), "--folds",
                          *(f"{ck}/t_fold{k}/best.pth" for k in range(10))]

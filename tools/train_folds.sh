@@ -5,9 +5,12 @@
 #   NAME=adam bash tools/train_folds.sh --lr-schedule cosine --weight-decay 0.001 --epochs 12
 #   PARALLEL=5 NAME=sgd bash tools/train_folds.sh --optimizer sgd --learning-rate 0.002 \
 #       --batch-size 256 --max-norm 0.1 --epochs 300 --patience 20
+#   NAME=distil bash tools/train_folds.sh --teacher checkpoint/adam_fold{K}/best.pth ...
 #
-# Every argument goes to each main.py run. Each fold is one independent command, so on a
-# cluster a job array runs fold $SLURM_ARRAY_TASK_ID as:
+# Every argument goes to each main.py run, {K} replaced by the fold number (a --teacher or
+# --init-from checkpoint must come from the same fold: main.py refuses any other, as it saw the
+# held-out images). Each fold is one independent command, so on a cluster a job array runs
+# fold $SLURM_ARRAY_TASK_ID as:
 #   python main.py --data-dir data/MIT1003 --fold $SLURM_ARRAY_TASK_ID --run-name NAME_fold$SLURM_ARRAY_TASK_ID ...
 # A stopped fold (Ctrl-C, SIGTERM, a time limit) keeps interrupted.pth; running this script
 # again resumes it on DATA (a copy of the data elsewhere will do: main.py checks its content)
@@ -27,6 +30,7 @@ mkdir -p "$CHECKPOINTS/logs_$NAME"
 run_fold() {
     local k=$1 dir="$CHECKPOINTS/${NAME}_fold$1" saved
     shift
+    set -- "${@//\{K\}/$k}"
     if [ -f "$dir/final_model.pth" ]; then return 0; fi
     for saved in "$dir/interrupted.pth" "$dir/last.pth"; do
         if [ -f "$saved" ]; then
