@@ -21,6 +21,7 @@ Conventions shared by all functions:
 * An image without fixations, or a constant saliency map where the reference divides by zero,
   gives NaN (with a warning for the missing fixations), never an exception.
 """
+import math
 import multiprocessing
 import os
 import warnings
@@ -390,3 +391,19 @@ def summarise(per_image, names=METRIC_NAMES):
         values = np.array([row[name] for row in per_image], dtype=np.float64)
         means[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
     return means
+
+
+def confidence_table(scores, names=METRIC_NAMES):
+    """{row: list of per-image metric dicts} -> {row: {metric: {'mean', 'std', 'ci95'}}}: over
+    the images with a finite value, the mean, the standard deviation and the half-width of the
+    mean's normal 95% confidence interval."""
+    table = {}
+    for row, per_image in scores.items():
+        table[row] = {}
+        for name in names:
+            values = np.array([r[name] for r in per_image], dtype=np.float64)
+            values = values[np.isfinite(values)]
+            std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+            table[row][name] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                                "std": std, "ci95": 1.96 * std / math.sqrt(max(len(values), 1))}
+    return table

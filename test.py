@@ -12,7 +12,6 @@ writes OUT/per_image.csv, OUT/metrics.json and OUT/best_worst.png, and prints th
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -116,20 +115,6 @@ def tune_post_processing(state, model, args, precision):
     return {"blur_sigma": best[1], "centre_weight": best[2], "val_auc_judd": best[0]}
 
 
-def summarise(scores):
-    """{row: per-image dicts} -> {row: {metric: {'mean', 'std', 'ci95'}}}."""
-    table = {}
-    for row, per_image in scores.items():
-        table[row] = {}
-        for name in metrics.METRIC_NAMES:
-            values = np.array([r[name] for r in per_image], dtype=np.float64)
-            values = values[np.isfinite(values)]
-            std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-            table[row][name] = {"mean": float(values.mean()) if len(values) else float("nan"),
-                                "std": std, "ci95": 1.96 * std / math.sqrt(max(len(values), 1))}
-    return table
-
-
 def print_table(table, n_images):
     short = {"auc_judd": "AUC-Judd", "auc_shuffled": "sAUC", "auc_borji": "AUC-Borji",
              "nss": "NSS", "cc": "CC", "similarity": "SIM", "kl_divergence": "KL",
@@ -214,7 +199,7 @@ def score_split(args, state, model, precision, data):
 def write_results(output_dir, names, scores, summary, default_row):
     """metrics.json (``summary``, the default row's means, and mean / std / 95% CI of every row)
     and per_image.csv; prints the table. Returns the table."""
-    table = summarise(scores)
+    table = metrics.confidence_table(scores)
     summary = {**summary, "n_images": len(names), "default_row": default_row,
                **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES}, "rows": table}
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -279,7 +264,7 @@ def cross_validate(args, device, precision, output_dir):
         names += data.names
         for row, values in scores.items():
             pooled.setdefault(row, []).extend(values)
-        means = summarise({default_row: scores[default_row]})[default_row]
+        means = metrics.confidence_table({default_row: scores[default_row]})[default_row]
         per_fold.append({"fold": k, "checkpoint": str(path), "n_images": len(data),
                          "epoch": state.get("epoch"),
                          **{m: means[m]["mean"] for m in metrics.METRIC_NAMES}})

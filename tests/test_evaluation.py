@@ -1,4 +1,5 @@
 """test.py end to end (via subprocess: tests never import test) and the shipped checkpoints."""
+import csv
 import json
 import subprocess
 import sys
@@ -191,7 +192,6 @@ def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp
 
 def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tmp_path,
                                                                              monkeypatch):
-    import csv
     evaluation = load_test_py()
     data = tmp_path / "mit"
     names = [f"img{i:02d}" for i in range(20)]
@@ -250,3 +250,30 @@ def test_a_model_is_scored_only_where_its_run_held_the_images_out(tmp_path, monk
         evaluation.main([*common, "--checkpoint", str(tmp_path / "fold3.pth"), "--split",
                          "fold3/test", "--tune-post-processing", str(tmp_path / "tuned.pth")])
     assert loaded == ["fold3/val"]  # fold 3 run: validated on fold 4
+
+
+def test_compare_results_pairs_the_images_both_scored(tmp_path, capsys):
+    """B varies from image to image and A = B + 0.01 on every shared image: the paired
+    difference is exactly 0.01 with no spread, though each side's own CI is wide."""
+    from tools.compare_results import main as compare, paired_differences, read_per_image
+    b_scores = {f"img{i}": 0.5 + 0.04 * i for i in range(6)}
+    a_scores = {name: value + 0.01 for name, value in b_scores.items()} | {"only_in_a": 0.9}
+    for folder, scores in (("a", a_scores), ("b", b_scores)):
+        (tmp_path / folder).mkdir()
+        with open(tmp_path / folder / "per_image.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "row", *metrics.METRIC_NAMES])
+            for name, value in scores.items():
+                writer.writerow([name, "raw", *[value] * len(metrics.METRIC_NAMES)])
+                writer.writerow([name, "blurred", *[0.0] * len(metrics.METRIC_NAMES)])
+    names, table = paired_differences(read_per_image(tmp_path / "a", "raw"),
+                                      read_per_image(tmp_path / "b", "raw"))
+    assert names == sorted(b_scores)
+    for m in metrics.METRIC_NAMES:
+        assert table[m]["difference"]["mean"] == pytest.approx(0.01)
+        assert table[m]["difference"]["ci95"] == pytest.approx(0.0, abs=1e-12)
+        assert table[m]["a"]["ci95"] > 0.02 and table[m]["b"]["mean"] == pytest.approx(0.6)
+    compare([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert "6 images in both (7 in A, 6 in B)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="has no row 'post_processed'"):
+        compare([str(tmp_path / "a"), str(tmp_path / "b"), "--row", "post_processed"])

@@ -1,0 +1,67 @@
+"""Compare two evaluations image by image: the paired difference A - B of every metric.
+
+A and B are output folders of test.py (``--output-dir``, single split or ``--folds``) that
+scored the same images; each holds a per_image.csv. Pairing removes what the images share
+(some are hard for every model), so the paired 95% confidence interval of the difference is
+much narrower than the two CIs side by side. Compares the images both scored.
+
+    python -m tools.compare_results results/cv_mrcnns results/cv_adam
+"""
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from metrics import METRIC_NAMES, confidence_table
+
+
+def read_per_image(folder, row):
+    """test.py output folder -> {image name: {metric: float}} of ``row``; SystemExit if the
+    folder has no per_image.csv or no line of that row."""
+    path = Path(folder) / "per_image.csv"
+    try:
+        with open(path, newline="") as handle:
+            lines = [line for line in csv.DictReader(handle) if line.get("row") == row]
+        scores = {line["image"]: {m: float(line[m]) for m in METRIC_NAMES} for line in lines}
+    except OSError as error:
+        sys.exit(f"error: cannot read {path} ({error.strerror}). Pass a folder that test.py "
+                 f"wrote (its --output-dir).")
+    except (KeyError, ValueError) as error:
+        sys.exit(f"error: {path} is not a per_image.csv of test.py ({error!r}).")
+    if not scores:
+        sys.exit(f"error: {path} has no row {row!r}. Pass a --row it has (raw, blurred, ...).")
+    return scores
+
+
+def paired_differences(a, b):
+    """Two {image: {metric: value}} -> (shared image names, {metric: {'a', 'b', 'difference'}}
+    each a {'mean', 'std', 'ci95'} over the shared images)."""
+    names = sorted(set(a) & set(b))
+    table = confidence_table({
+        "a": [a[n] for n in names], "b": [b[n] for n in names],
+        "difference": [{m: a[n][m] - b[n][m] for m in METRIC_NAMES} for n in names]})
+    return names, {m: {side: table[side][m] for side in table} for m in METRIC_NAMES}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("a", help="test.py output folder A")
+    parser.add_argument("b", help="test.py output folder B")
+    parser.add_argument("--row", default="raw", help="which row of per_image.csv")
+    args = parser.parse_args(argv)
+    a, b = read_per_image(args.a, args.row), read_per_image(args.b, args.row)
+    names, table = paired_differences(a, b)
+    if not names:
+        sys.exit(f"error: {args.a} and {args.b} scored no image in common: nothing to pair.")
+    print(f"{len(names)} images in both ({len(a)} in A, {len(b)} in B), row {args.row}; "
+          f"mean +- 95% CI")
+    print(f"{'':16s}{'A':>17s}{'B':>17s}{'A - B (paired)':>19s}")
+    for m in METRIC_NAMES:
+        cells = [f"{table[m][s]['mean']:>9.4f} +-{table[m][s]['ci95']:6.4f}" for s in "ab"]
+        d = table[m]["difference"]
+        print(f"{m:16s}{''.join(cells)}  {d['mean']:>+8.4f} +-{d['ci95']:6.4f}")
+
+
+if __name__ == "__main__":
+    main()
