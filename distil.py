@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoints import CheckpointError, model_from_checkpoint, save_checkpoint
 from inference import blur_map, predict_maps
 
 CACHE_VERSION = 1  # bump when predict_maps changes what it returns
 
 
-def teacher_maps(paths, train_set, cache_dir, device, precision, blur_sigma=0.0):
-    """Mean dense map of the teacher checkpoints ``paths`` over every training image.
+def teacher_maps(teachers, train_set, cache_dir, device, precision, blur_sigma=0.0):
+    """Mean dense map of the teachers over every training image.
 
+    teachers: (path, checkpoint state) pairs, as load_checkpoint returns the state;
     train_set: a SaliencySet of whole images; blur_sigma: Gaussian sigma as a fraction of the
     image size (0: none). Returns float [N, S, S] fixation probabilities on the CPU (S = 200
     with a blur, else the 50x50 grid). Raises SystemExit with one line for an unusable teacher.
@@ -31,15 +32,15 @@ def teacher_maps(paths, train_set, cache_dir, device, precision, blur_sigma=0.0)
                           f"{train_set.names}".encode())
     for scale in train_set.scales:
         images.update(np.ascontiguousarray(scale.numpy()))
-    total = sum(_one_teacher(path, images, train_set, cache_dir, device, precision)
-                for path in paths)
-    mean = total / len(paths)
+    total = sum(_one_teacher(path, state, images, train_set, cache_dir, device, precision)
+                for path, state in teachers)
+    mean = total / len(teachers)
     if blur_sigma > 0:
         mean = torch.stack([blur_map(m, blur_sigma) for m in mean])
     return mean
 
 
-def _one_teacher(path, images_digest, train_set, cache_dir, device, precision):
+def _one_teacher(path, state, images_digest, train_set, cache_dir, device, precision):
     """One teacher's maps, float [N, 50, 50], read from the cache when its key matches (the
     training images, device type, precision and the teacher file's bytes)."""
     cached = None
@@ -51,10 +52,10 @@ def _one_teacher(path, images_digest, train_set, cache_dir, device, precision):
         if maps.shape[0] == len(train_set):
             print(f"teacher {path}: dense maps read from {cached}", flush=True)
             return maps
-    except Exception:  # not cached yet, an unreadable cache file, or an unreadable teacher
-        pass           # file (load_checkpoint below says what is wrong with it)
+    except Exception:  # not cached yet, or an unreadable cache file
+        pass
     try:
-        teacher = model_from_checkpoint(load_checkpoint(path), path).to(device)
+        teacher = model_from_checkpoint(state, path).to(device)
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
     maps = torch.stack(predict_maps(teacher, train_set, precision=precision)).cpu()

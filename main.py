@@ -258,8 +258,9 @@ def build(args, command=""):
     try:  # checkpoints are checked before the (slow) data
         resume_state = load_resumable(args.resume, args.batch_size) if args.resume else None
         init_state = load_checkpoint(args.init_from) if args.init_from else None
+        teachers = [(path, load_checkpoint(path)) for path in args.teacher]
         sources = ([("--init-from", args.init_from, init_state)] if init_state else []) + [
-            ("--teacher", path, load_checkpoint(path)) for path in args.teacher]
+            ("--teacher", path, state) for path, state in teachers]
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
     for flag, path, state in sources:  # a model that trained on this run's held-out images
@@ -297,7 +298,7 @@ def build(args, command=""):
     optimizer, scheduler = make_optimizer(model, args.optimizer, args.learning_rate,
                                           args.weight_decay, args.momentum,
                                           args.lr_schedule, args.epochs)
-    targets = (teacher_maps(args.teacher, train_set, args.cache_dir, device, precision,
+    targets = (teacher_maps(teachers, train_set, args.cache_dir, device, precision,
                             args.teacher_blur) if args.teacher else None)  # before the folder
     if resume_state is not None:
         run_dir = Path(args.checkpoint_dir) / (args.run_name or resume_state["run_name"])

@@ -354,9 +354,11 @@ def main(argv=None):
                                  ("-j", args.worker_count or 1, 1)):
             if value < low:
                 raise UsageError(f"{flag} must be at least {low} (got {value})")
-        if args.split not in ("train", "val", "test", "all") and not \
-                (args.split.startswith("fold") and args.split.endswith("/test")
-                 and args.split[4:-5].isdigit() and int(args.split[4:-5]) < dataset.N_FOLDS):
+        fold_digits = args.split[4:-5]  # the K of fold<K>/test
+        split_fold = (int(fold_digits) if args.split.startswith("fold")
+                      and args.split.endswith("/test") and fold_digits.isdigit() else None)
+        if args.split not in ("train", "val", "test", "all") and \
+                (split_fold is None or split_fold >= dataset.N_FOLDS):
             raise UsageError(f"unknown --split {args.split!r}: choose train, val, test, all or "
                              f"fold<K>/test with K in 0..{dataset.N_FOLDS - 1}")
         tuned = args.tune_post_processing
@@ -374,7 +376,6 @@ def main(argv=None):
             return 0
         state, model = load_model(args.checkpoint, device)
         files = image_files(args.images, args.output_dir) if args.images else None
-        split_fold = int(args.split[4:-5]) if args.split.startswith("fold") else None
         if not files and args.split not in ("train", "all") and \
                 held_out_fold(state) != split_fold:
             raise UsageError(f"{args.checkpoint} comes from a run on "

@@ -252,6 +252,14 @@ def test_a_model_is_scored_only_where_its_run_held_the_images_out(tmp_path, monk
     assert loaded == ["fold3/val"]  # fold 3 run: validated on fold 4
 
 
+@pytest.mark.parametrize("split", ["fold10/test", "fold3/val", "fold/test", "foldx/test",
+                                   "fold-1/test", "everything"])
+def test_an_unknown_split_is_one_clear_error(tmp_path, split):
+    with pytest.raises(SystemExit, match=f"unknown --split '{split}': choose train, val, test, "
+                                         f"all or fold<K>/test with K in 0..9"):
+        load_test_py().main(["--split", split, "--output-dir", str(tmp_path / "out")])
+
+
 def test_compare_results_pairs_the_images_both_scored(tmp_path, capsys):
     """B varies from image to image and A = B + 0.01 on every shared image: the paired
     difference is exactly 0.01 with no spread, though each side's own CI is wide."""
@@ -277,3 +285,18 @@ def test_compare_results_pairs_the_images_both_scored(tmp_path, capsys):
     assert "6 images in both (7 in A, 6 in B)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="has no row 'post_processed'"):
         compare([str(tmp_path / "a"), str(tmp_path / "b"), "--row", "post_processed"])
+
+
+def test_compare_results_takes_both_sides_over_the_images_both_scored_finite():
+    """An image that A could not score (NaN: no fixations) leaves B's mean as well, so that
+    B's mean, A's mean and their difference describe the same images."""
+    from tools.compare_results import paired_differences
+    b = {f"img{i}": {m: 0.5 + 0.04 * i for m in metrics.METRIC_NAMES} for i in range(6)}
+    a = {name: {m: v + 0.01 for m, v in row.items()} for name, row in b.items()}
+    a["img0"] = {m: float("nan") for m in metrics.METRIC_NAMES}
+    b["img5"] = dict(b["img5"], nss=float("nan"))
+    _, table = paired_differences(a, b)
+    assert table["cc"]["b"]["mean"] == pytest.approx(np.mean([0.54, 0.58, 0.62, 0.66, 0.70]))
+    assert table["nss"]["b"]["mean"] == pytest.approx(np.mean([0.54, 0.58, 0.62, 0.66]))
+    assert table["nss"]["a"]["mean"] == pytest.approx(table["nss"]["b"]["mean"] + 0.01)
+    assert table["cc"]["difference"]["mean"] == pytest.approx(0.01)

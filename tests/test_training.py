@@ -204,17 +204,20 @@ def test_teacher_maps_are_cached_and_an_unreadable_cache_file_is_recomputed(tmp_
                                                                            small_synthetic):
     train_set = dataset.load_synthetic(6, seed=0)
     device, cache = torch.device("cpu"), tmp_path / "cache"
-    shipped = str(PRETRAINED / "MrCNNs.pth")
-    first = distil.teacher_maps([shipped], train_set, cache, device, "fp32")
+    path = str(PRETRAINED / "MrCNNs.pth")
+    shipped = [(path, load_checkpoint(path))]
+    first = distil.teacher_maps(shipped, train_set, cache, device, "fp32")
     [cached] = (cache / "teacher_maps").glob("*.pt")
     torch.testing.assert_close(torch.load(cached, weights_only=True), first)
     torch.save(torch.full_like(first, 0.25), cached)  # a stand-in that only the cache can give
-    assert torch.equal(distil.teacher_maps([shipped], train_set, cache, device, "fp32"),
+    assert torch.equal(distil.teacher_maps(shipped, train_set, cache, device, "fp32"),
                        torch.full_like(first, 0.25))
     cached.write_bytes(b"not a tensor")
-    torch.testing.assert_close(distil.teacher_maps([shipped], train_set, cache, device, "fp32"),
+    torch.testing.assert_close(distil.teacher_maps(shipped, train_set, cache, device, "fp32"),
                                first)
-    other = distil.teacher_maps([str(PRETRAINED / "MrCNN.pth")], train_set, cache, device, "fp32")
+    path = str(PRETRAINED / "MrCNN.pth")
+    other = distil.teacher_maps([(path, load_checkpoint(path))], train_set, cache, device,
+                                "fp32")
     assert len(list(cached.parent.glob("*.pt"))) == 2 and not torch.allclose(other, first)
 
 

@@ -9,6 +9,7 @@ much narrower than the two CIs side by side. Compares the images both scored.
 """
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -35,11 +36,16 @@ def read_per_image(folder, row):
 
 def paired_differences(a, b):
     """Two {image: {metric: value}} -> (shared image names, {metric: {'a', 'b', 'difference'}}
-    each a {'mean', 'std', 'ci95'} over the shared images)."""
+    each a {'mean', 'std', 'ci95'}). Per metric, A, B and A - B are all taken over the same
+    images: those both scored with a finite value (NaN: an image without fixations)."""
     names = sorted(set(a) & set(b))
+    nan = float("nan")
+    pairs = [{m: (a[n][m], b[n][m]) if math.isfinite(a[n][m] - b[n][m]) else (nan, nan)
+              for m in METRIC_NAMES} for n in names]
     table = confidence_table({
-        "a": [a[n] for n in names], "b": [b[n] for n in names],
-        "difference": [{m: a[n][m] - b[n][m] for m in METRIC_NAMES} for n in names]})
+        "a": [{m: pair[m][0] for m in pair} for pair in pairs],
+        "b": [{m: pair[m][1] for m in pair} for pair in pairs],
+        "difference": [{m: pair[m][0] - pair[m][1] for m in pair} for pair in pairs]})
     return names, {m: {side: table[side][m] for side in table} for m in METRIC_NAMES}
 
 
