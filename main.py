@@ -122,6 +122,10 @@ def check_args(args):
         problems.append(f"--fold must be in 0..{dataset.N_FOLDS - 1} (got {args.fold})")
     if args.uniform_locations_per_image and not args.teacher:
         problems.append("--uniform-locations-per-image needs --teacher (no 1 / 0 label)")
+    if args.run_name and (Path(args.run_name).name != args.run_name
+                          or args.run_name in (".", "..")):
+        problems.append(f"--run-name must be a folder name, not a path (got {args.run_name!r}): "
+                        f"the run goes to --checkpoint-dir/<run-name>")
     if args.resume and args.init_from:
         problems.append("--resume and --init-from exclude each other: --resume continues a "
                         "run, --init-from starts a new one from its weights")

@@ -243,6 +243,8 @@ def run_main(tmp_path, *args):
     (["--fixations-per-image", "-3"], "--fixations-per-image must be at least 1"),
     (["--seed", "-1"], "--seed must be in [0, 4294967296)"),
     (["--fold", "10"], "--fold must be in 0..9"),
+    (["--run-name", "../elsewhere"], "--run-name must be a folder name, not a path"),
+    (["--run-name", "a/b"], "--run-name must be a folder name, not a path"),
     (["--model", "VGG"], "invalid choice"),
     (["--data-dir", "does/not/exist"], "does not exist"),
     (["--batch-size", "100000"], "larger than"),
