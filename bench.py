@@ -23,10 +23,10 @@ import dataset
 import metrics
 from devices import DEVICES, pick_device, pick_precision
 from inference import saliency_grid
+from MrCNN import CROP_SIZE, N_SCALES
 from models import build_model
 from optimisation import train_step
 
-GFLOP_PER_TRAINING_SAMPLE = 1.26  # forward + backward of one three-scale sample (~3x forward)
 
 
 def sync(device):
@@ -52,6 +52,27 @@ def matmul_gflops(dtype, device, repeats, n=2048):
     b = torch.randn(n, n, device=device, dtype=dtype)
     seconds = median_seconds(lambda: a @ b, repeats, device)
     return 2 * n ** 3 / seconds / 1e9
+
+
+def training_gflop_per_sample(model):
+    """GFLOP of one training step per sample, counted on ``model`` (convolutions and linear
+    layers): the forward multiply-adds, the same again for the weight gradients, and again for
+    the input gradients of every layer but the first of a stream (the crops need none)."""
+    multiply_adds = []
+
+    def count(module, inputs, output):
+        weight = module.weight
+        per_output = weight[0].numel() if isinstance(module, torch.nn.Conv2d) else weight.shape[1]
+        forward = output.numel() * per_output
+        multiply_adds.append(forward * (3 if inputs[0].requires_grad else 2))
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        model(torch.zeros(1, N_SCALES, 3, CROP_SIZE, CROP_SIZE))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 2 * sum(multiply_adds) / 1e9
 
 
 def training_samples_per_s(name, batch_size, precision, device, scales, steps, repeats):
@@ -186,12 +207,14 @@ def main(argv=None):
     train_scenes = dataset.load_synthetic(16, seed=0).scales
     results["training"] = {}
     for name in ("MrCNN", "MrCNNs"):
+        gflop_per_sample = training_gflop_per_sample(build_model(name))
+        rows.append((f"train {name}: GFLOP per sample", f"{gflop_per_sample:.3f}"))
         for batch_size in (128, 256) if args.full else (256,):
             for precision in precisions:
                 rate = training_samples_per_s(name, batch_size, precision, device, train_scenes,
                                               steps, repeats)
                 ceiling = results["matmul_gflops"][precision]
-                fraction = rate * GFLOP_PER_TRAINING_SAMPLE / ceiling
+                fraction = rate * gflop_per_sample / ceiling
                 results["training"][f"{name}_bs{batch_size}_{precision}"] = {
                     "samples_per_s": rate, "fraction_of_matmul_ceiling": fraction}
                 rows.append((f"train {name} batch {batch_size} {precision}",

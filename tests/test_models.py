@@ -72,3 +72,16 @@ def test_build_model_rejects_unknown_names():
     assert isinstance(build_model("MrCNNs"), MrCNNs)
     with pytest.raises(ValueError, match="unknown model"):
         build_model("ResNet")
+
+
+@pytest.mark.parametrize("name", ["MrCNN", "MrCNNs"])
+def test_training_flops_are_counted_from_the_layers(name):
+    """bench.py's fraction of the matmul ceiling divides by this count: forward multiply-adds
+    by hand from the layer shapes; the backward pass costs twice the forward, less the input
+    gradient of each stream's conv1 (the crops need none). A shared stream costs the same."""
+    from bench import training_gflop_per_sample
+    conv1 = 36 * 36 * 96 * (7 * 7 * 3)  # 42 - 7 + 1 = 36; pool 18; conv2 16; pool 8; conv3 6
+    stream = conv1 + 16 * 16 * 160 * (3 * 3 * 96) + 6 * 6 * 288 * (3 * 3 * 160) + 2592 * 512
+    forward = 3 * stream + 1536 * 512 + 512 * 1
+    expected = 2 * (3 * forward - 3 * conv1) / 1e9
+    assert training_gflop_per_sample(build_model(name)) == pytest.approx(expected, rel=1e-12)
