@@ -28,7 +28,6 @@ from models import build_model
 from optimisation import train_step
 
 
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
