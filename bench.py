@@ -1,6 +1,6 @@
 """Benchmark on the current device: matmul ceilings, training throughput, dense inference, metrics.
 
-    python bench.py                       # a table: 75 s on a 2-core AMD EPYC (more without bf16)
+    python bench.py                       # a table: 70 s on a 2-core AMD EPYC (more without bf16)
     python bench.py --json bench.json     # also write the numbers as JSON
     python bench.py --full                # more repeats and steps, batch 128 too (3-4x longer)
     python bench.py --pipeline --data-dir data/MIT1003   # instead: a whole epoch, validation
