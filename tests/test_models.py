@@ -76,7 +76,7 @@ def test_build_model_rejects_unknown_names():
 
 @pytest.mark.parametrize("name", ["MrCNN", "MrCNNs"])
 def test_training_flops_are_counted_from_the_layers(name):
-    """bench.py's fraction of the matmul ceiling divides by this count: forward multiply-adds
+    """bench.py's fraction of the GEMM ceiling divides by this count: forward multiply-adds
     by hand from the layer shapes; the backward pass costs twice the forward, less the input
     gradient of each stream's conv1 (the crops need none). A shared stream costs the same."""
     from bench import training_gflop_per_sample
@@ -85,3 +85,14 @@ def test_training_flops_are_counted_from_the_layers(name):
     forward = 3 * stream + 1536 * 512 + 512 * 1
     expected = 2 * (3 * forward - 3 * conv1) / 1e9
     assert training_gflop_per_sample(build_model(name)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_both_ways_of_timing_a_gemm_compute_the_same_product():
+    """bench.py's GEMM ceiling is the faster of matmul and a 1x1 convolution: both must be a @ b."""
+    from bench import gemm_ways
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(48, 48, generator=generator, dtype=torch.float64) for _ in range(2))
+    ways = gemm_ways(a, b)
+    assert set(ways) == {"matmul", "1x1 conv"}
+    for way, product in ways.items():
+        torch.testing.assert_close(product(), a @ b, rtol=1e-12, atol=1e-12, msg=way)
