@@ -359,8 +359,9 @@ def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_
     ``n_others`` other images of the same lists (see ``shuffled_other_map``); the random splits
     of image i are seeded with ``[seed, i]``, so the scores do not depend on ``workers``
     (forked processes, for maps on the CPU where the platform forks) or the device. Returns
-    ``(means, per_image)``: a dict metric -> nan-mean over images and a list of per-image dicts,
-    or, for a dict of rows, both keyed by row.
+    ``(means, per_image)``: a dict metric -> mean over the images with a finite value (as
+    ``confidence_table``) and a list of per-image dicts, or, for a dict of rows, both keyed by
+    row.
     """
     global _DATASET
     rows = saliency_maps if isinstance(saliency_maps, dict) else {None: saliency_maps}
@@ -378,19 +379,11 @@ def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_
     finally:
         _DATASET = None
     per_image = {row: [image[row] for image in scores] for row in rows}
-    means = {row: summarise(values, names) for row, values in per_image.items()}
+    means = {row: {name: stats["mean"] for name, stats in metric_stats.items()}
+             for row, metric_stats in confidence_table(per_image, names).items()}
     if isinstance(saliency_maps, dict):
         return means, per_image
     return means[None], per_image[None]
-
-
-def summarise(per_image, names=METRIC_NAMES):
-    """List of per-image metric dicts -> dict metric -> nan-mean (NaN if no image has a value)."""
-    means = {}
-    for name in names:
-        values = np.array([row[name] for row in per_image], dtype=np.float64)
-        means[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-    return means
 
 
 def confidence_table(scores, names=METRIC_NAMES):
