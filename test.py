@@ -85,8 +85,10 @@ def ensure_output_dir(path, flag="--output-dir"):
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise UsageError(f"cannot write to output dir {path} ({error.strerror}). Pass a "
-                         f"writable {flag}.")
+        reason = ("a file stands where a folder is needed"
+                  if isinstance(error, (FileExistsError, NotADirectoryError)) else error.strerror)
+        raise UsageError(f"cannot write to {'output dir' if flag == '--output-dir' else 'folder'}"
+                         f" {path} ({reason}). Pass a writable {flag}.")
     return path
 
 
