@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from devices import init_pool_worker
 from metrics import as_binary_map
 from MrCNN import CROP_SIZE
 
@@ -397,7 +398,7 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
     if cached is None:
         jobs = [job(n) for n in names]
         results = []
-        with Pool(max(1, workers or os.cpu_count() or 1)) as pool:
+        with Pool(max(1, workers or os.cpu_count() or 1), init_pool_worker) as pool:
             iterator = pool.imap(_decode_one, jobs, chunksize=8)
             for result in tqdm(iterator, total=len(jobs), desc=f"caching {Path(data_dir).name}",
                                disable=not progress, unit="img"):

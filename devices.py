@@ -1,4 +1,7 @@
-"""Device and precision choices, shared by main.py, test.py and bench.py."""
+"""Device and precision choices, shared by main.py, test.py and bench.py, and how a worker
+process of a CPU pool starts."""
+import signal
+
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,3 +34,12 @@ def autocast_context(device, precision):
     """torch.autocast for 'bf16'/'fp16' on ``device``; a disabled one for 'fp32'."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def init_pool_worker():
+    """Initialiser of a multiprocessing pool's workers: one torch thread each (a forked child
+    must not reuse the parent's thread pool, and the workers share the cores), and Ctrl-C left
+    to the parent, which stops the pool: the terminal sends it to every process, and each
+    worker would print a traceback of its own."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -35,6 +35,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from devices import init_pool_worker  # noqa: E402
+
 EPS = 2.2204e-16  # MATLAB's eps, as used by KLdiv.m
 
 METRIC_NAMES = ("auc_judd", "auc_shuffled", "auc_borji", "nss", "cc", "similarity",
@@ -344,10 +346,6 @@ def _score_dataset_image(i):
     return scores
 
 
-def _forked_worker():
-    torch.set_num_threads(1)  # a forked child must not reuse the parent's thread pool
-
-
 def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_splits=100,
                      seed=0, names=METRIC_NAMES, workers=1):
     """Score a dataset: lists of saliency maps (any size, NumPy or tensors on any device; or a
@@ -372,7 +370,7 @@ def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_
     _DATASET = (rows, fixation_maps, density_maps, n_others, n_splits, seed, names)
     try:
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(workers, _forked_worker) as pool:
+            with multiprocessing.get_context("fork").Pool(workers, init_pool_worker) as pool:
                 scores = pool.map(_score_dataset_image, range(n_images))
         else:
             scores = [_score_dataset_image(i) for i in range(n_images)]

@@ -386,3 +386,28 @@ def test_a_checkpoint_write_that_fails_mid_run_is_one_line_and_keeps_the_last_go
     run_dir = tmp_path / "checkpoint" / "run"
     assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1  # the last good one, intact
     assert not list(run_dir.glob(".*.tmp*"))  # no half-written file left behind
+
+
+def test_ctrl_c_while_worker_processes_score_maps_prints_no_traceback(tmp_path):
+    """Ctrl-C reaches every process of the terminal's group: the workers leave it to the parent,
+    which stops the pool, so the user sees the script's one line and not one traceback each."""
+    script = tmp_path / "score.py"
+    script.write_text(f"""import sys
+sys.path.insert(0, {str(ROOT)!r})
+import numpy as np
+import metrics
+rng = np.random.default_rng(0)
+saliency, fixations = rng.random((768, 1024)), rng.random((768, 1024)) > 0.999
+print("scoring", flush=True)
+try:
+    metrics.evaluate_dataset([saliency] * 2000, [fixations] * 2000, [saliency] * 2000, workers=2)
+except KeyboardInterrupt:
+    sys.exit("stopped")
+""")
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert process.stdout.readline() == "scoring\n"
+    threading.Event().wait(3)  # the pool is scoring by now (2000 images take minutes)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and stderr.strip() == "stopped", stderr
