@@ -284,8 +284,9 @@ def split_names(split, names, data_dir="the data dir"):
                                                          + read_split("test")):
             raise
     if len(names) < 3:
-        raise DatasetError(f"{data_dir} holds {len(names)} images: a train / val / test split "
-                           f"needs at least 3. Add images, or use test.py --split all.")
+        raise DatasetError(f"{data_dir} holds only {len(names)} image{'s' * (len(names) != 1)}:"
+                           f" a train / val / test split needs at least 3. Add images, or use "
+                           f"test.py --split all.")
     order = np.random.default_rng(SPLIT_SEED).permutation(sorted(names)).tolist()
     n_val = n_test = max(1, round(0.1 * len(names)))
     own = {"val": order[:n_val], "test": order[n_val:n_val + n_test],

@@ -12,6 +12,7 @@ writes OUT/per_image.csv, OUT/metrics.json and OUT/best_worst.png, and prints th
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -121,7 +122,9 @@ def print_table(table, n_images):
     short = {"auc_judd": "AUC-Judd", "auc_shuffled": "sAUC", "auc_borji": "AUC-Borji",
              "nss": "NSS", "cc": "CC", "similarity": "SIM", "kl_divergence": "KL",
              "coursework_auc": "cw-AUC"}
-    print(f"\n{n_images} images, mean +- 95% CI")
+    print(f"\n{n_images} images, mean +- 95% CI" if n_images > 1 else
+          f"\n{n_images} image: no 95% CI, and no sAUC (its negatives are other images' "
+          f"fixations)")
     print(f"{'':16s}" + "".join(f"{short[m]:>17s}" for m in metrics.METRIC_NAMES))
     for row, values in table.items():
         cells = "".join(f"{values[m]['mean']:>9.4f} +-{values[m]['ci95']:6.4f}"
@@ -191,20 +194,31 @@ def score_split(args, state, model, precision, data):
     rng = np.random.default_rng(args.seed)
     rows["chance"] = [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
                       for _ in range(len(data))]
-    print(f"scoring {len(data)} images x {len(rows)} rows with {len(metrics.METRIC_NAMES)} "
+    print(f"scoring {len(data)} image{'s' * (len(data) != 1)} x {len(rows)} rows with {len(metrics.METRIC_NAMES)} "
           f"metrics", flush=True)
     _, scores = metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
                                          workers=args.worker_count)
     return rows, scores, "post_processed" if post else "raw"
 
 
+def strict_json(value):
+    """``value`` with every NaN or infinite float (a metric undefined on the images) replaced by
+    None, so that json.dumps writes null: NaN is not JSON, and strict readers refuse it."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def write_results(output_dir, names, scores, summary, default_row):
-    """metrics.json (``summary``, the default row's means, and mean / std / 95% CI of every row)
-    and per_image.csv; prints the table. Returns the table."""
+    """metrics.json (``summary``, the default row's means, and mean / std / 95% CI of every row;
+    null where undefined) and per_image.csv; prints the table. Returns the table."""
     table = metrics.confidence_table(scores)
     summary = {**summary, "n_images": len(names), "default_row": default_row,
                **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES}, "rows": table}
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "metrics.json").write_text(json.dumps(strict_json(summary), indent=2,
+                                                        allow_nan=False))
     with open(output_dir / "per_image.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "row", *metrics.METRIC_NAMES])

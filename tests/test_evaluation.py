@@ -79,6 +79,20 @@ def test_evaluation_of_an_mit_layout_folder_writes_every_output(tmp_path):
     assert "centre_bias" in result.stdout and "+-" in result.stdout
 
 
+def test_a_one_image_split_says_why_it_has_no_confidence_interval_and_no_shuffled_auc(tmp_path):
+    data = tmp_path / "mini"
+    write_mit_folder(data, ["a", "b", "c"])  # a split of its own: 1 train / 1 val / 1 test
+    result = run_test_py(tmp_path, "--data-dir", str(data), "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "scoring 1 image x 5 rows" in result.stdout
+    assert "1 image: no 95% CI, and no sAUC (its negatives are other images' fixations)" \
+        in result.stdout
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert summary["auc_shuffled"] is None and np.isfinite(summary["auc_judd"])
+    assert summary["rows"]["raw"]["auc_judd"]["ci95"] is None
+
+
 def test_a_corrupt_image_is_skipped_with_one_plain_warning_line_and_the_rest_scored(tmp_path):
     data = tmp_path / "mini"
     write_mit_folder(data, ["a", "b", "c", "d"], size=(60, 80))
