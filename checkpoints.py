@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and primitives only (so ``torch.load(weights_o
 reads it): ``model`` (name), ``model_state``, ``model_options`` (dropout, batch_norm),
 ``normalisation`` ({'mean': [3], 'std': [3]}), ``args`` (the command-line arguments as a dict),
 ``command`` (the ``python main.py ...`` line that started the run), ``data`` (what it trained
-on), ``epoch``, ``step``, ``best_metric``, and for resuming ``optimizer_state``,
+on), ``epoch``, ``step``, ``best_metric`` (val ``best_metric_name``: auc_shuffled, or
+auc_judd where val holds one image), and for resuming ``optimizer_state``,
 ``scheduler_state``, ``scaler_state`` (fp16), ``rng_state`` and ``epoch_progress``; shipped
 models may add ``post_processing`` and ``training_note``.
 """
@@ -153,7 +154,8 @@ def restore_rng(state, sampler):
 
 # Keys a shipped model keeps: what test.py needs and where the weights came from.
 SHIPPED_KEYS = ("model", "model_state", "model_options", "normalisation", "args", "epoch",
-                "step", "best_metric", "run_name", "data", "post_processing")
+                "step", "best_metric", "best_metric_name", "run_name", "data",
+                "post_processing")
 
 
 def shipped_state(state, note):

@@ -17,6 +17,7 @@ import shlex
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ DEFAULT_DATA_DIR = "data/MIT1003"
 LOG_EVERY = 20  # steps between reads of the loss from the device (each read is a sync)
 NOT_RESUMED = ("resume", "init_from", "worker_count")  # how a run was started, this machine
 EPOCH_START = {"batch": 0, "sampler_state": None, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
+LABELS = {"auc_shuffled": "sAUC", "auc_judd": "AUC-Judd"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -83,8 +85,9 @@ def parse_args(argv=None):
     add("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 if native, or fp32")
     add("-j", "--worker-count", type=int, default=os.cpu_count(), help="processes and threads")
     add("--val-frequency", type=int, default=1, help="validate every N epochs")
-    add("--patience", type=int, default=0, help="stop once val sAUC has not improved for N "
-        "validations (0: run all --epochs); final_model.pth is then the last epoch")
+    add("--patience", type=int, default=0, help="stop once val sAUC (AUC-Judd if val has one "
+        "image) has not improved for N validations (0: run all --epochs); final_model.pth is "
+        "then the last epoch")
     add("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     add("--init-from", metavar="PATH", help="start a new run from this checkpoint's weights")
     add("--run-name", help="run folder (default: model, optimiser, lr, batch size, fold, time)")
@@ -232,7 +235,7 @@ def checkpoint_state(run):
             "scheduler_state": run["scheduler"].state_dict(),
             "scaler_state": None if run["scaler"] is None else run["scaler"].state_dict(),
             "epoch": run["epoch"], "step": run["step"], "best_metric": run["best"],
-            "best_epoch": run["best_epoch"],
+            "best_metric_name": run["selected_on"], "best_epoch": run["best_epoch"],
             "args": dict(vars(run["args"])), "command": run["command"], "run_name": run["name"],
             "data": run["data"], "epoch_progress": dict(run["progress"]),
             "rng_state": capture_rng(run["generator"])}
@@ -325,6 +328,10 @@ def build(args, command=""):
            "targets": targets}
     if resume_state is not None:
         restore(run, resume_state)
+    run["selected_on"] = "auc_shuffled" if len(val_set) > 1 else "auc_judd"
+    if run["selected_on"] != "auc_shuffled":  # sAUC's negatives are other val images' fixations
+        warnings.warn("the val split holds 1 image, too few for sAUC: best.pth and --patience "
+                      "go by val AUC-Judd instead")
     val_locations = dataset.sample_locations(val_set.maps, torch.Generator().manual_seed(12345))
     return run | {"val_set": val_set, "val_locations": [x.to(device) for x in val_locations],
                   "val_scales": [dataset.pad_images(s).to(device) for s in val_set.scales]}
@@ -374,8 +381,8 @@ def train(run):
                                run["step"])
                 line += (f" | val loss {last_val['loss']:.4f} AUC-Judd {last_val['auc_judd']:.4f}"
                          f" sAUC {last_val['auc_shuffled']:.4f} {time.perf_counter() - start:.1f}s")
-                if last_val["auc_shuffled"] > run["best"]:
-                    run["best"], run["best_epoch"] = last_val["auc_shuffled"], run["epoch"]
+                if last_val[run["selected_on"]] > run["best"]:
+                    run["best"], run["best_epoch"] = last_val[run["selected_on"]], run["epoch"]
                     save("best.pth")
             save("last.pth")
             left = (time.perf_counter() - begun) / (run["epoch"] - first) * (args.epochs - run[
@@ -384,8 +391,9 @@ def train(run):
             if run["stop"]:  # the signal came during validation or saving
                 raise KeyboardInterrupt
         if out_of_patience():
-            print(f"stopped early: val sAUC has not improved for {args.patience} validations "
-                  f"(best {run['best']:.4f} at epoch {run['best_epoch']})", flush=True)
+            print(f"stopped early: val {LABELS[run['selected_on']]} has not improved for "
+                  f"{args.patience} validations (best {run['best']:.4f} at epoch "
+                  f"{run['best_epoch']})", flush=True)
         save("final_model.pth")
         finished = True
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """main.py end to end on the synthetic set: learnability, exact resume, distillation targets,
 the command line and its errors, and tools/train_folds.sh."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -75,6 +76,26 @@ def _train_one_epoch_on_a_tiny_mit_folder(tmp_path):
         str(tmp_path / "cache"), "--run-name", "r", "-j", "1", "--batch-size", "16",
         "--epochs", "1"])))
     return data, tmp_path / "ck" / "r" / "last.pth"
+
+
+def test_a_val_split_of_one_image_picks_the_best_epoch_by_auc_judd_and_says_so(tmp_path,
+                                                                               monkeypatch):
+    """sAUC needs other images' fixations: with one val image it is NaN, which never beats the
+    best so far, so best.pth was never written."""
+    monkeypatch.setattr(dataset, "SPLIT_DIR", ROOT / "splits")  # not tiny_splits: MIT1003's
+    data = tmp_path / "data"
+    write_mit_folder(data, ["a", "b", "c"])  # a split of its own: 1 train / 1 val / 1 test
+    with pytest.warns(UserWarning) as caught:  # and that the folder gets a split of its own
+        run = main.build(main.parse_args([
+            "--data-dir", str(data), "--checkpoint-dir", str(tmp_path / "ck"), "--cache-dir",
+            str(tmp_path / "cache"), "--run-name", "r", "-j", "1", "--batch-size", "8",
+            "--epochs", "1"]))
+    assert any("the val split holds 1 image, too few for sAUC: best.pth and --patience go by "
+               "val AUC-Judd" in str(warning.message) for warning in caught)
+    last_val, _ = main.train(run)
+    best = load_checkpoint(tmp_path / "ck" / "r" / "best.pth")
+    assert math.isnan(last_val["auc_shuffled"]) and best["best_metric_name"] == "auc_judd"
+    assert best["best_metric"] == last_val["auc_judd"] and best["epoch"] == 1
 
 
 def test_resuming_a_run_whose_data_changed_is_one_clear_error(tmp_path):
