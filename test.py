@@ -400,8 +400,9 @@ def main(argv=None):
                              f"--fold K run on fold<K>/test (or all ten with --folds), any other "
                              f"on val or test.")
         output_dir = ensure_output_dir(args.output_dir)
-        print(f"{args.checkpoint} ({state['model']}) on {device}, {precision}: "
-              f"{f'{len(files)} images' if files else f'split {args.split} of {args.data_dir}'}",
+        scored = (f"{len(files)} image{'s' * (len(files) > 1)}" if files
+                  else f"split {args.split} of {args.data_dir}")
+        print(f"{args.checkpoint} ({state['model']}) on {device}, {precision}: {scored}",
               flush=True)
         if tuned:
             state["post_processing"] = tune_post_processing(state, model, args, precision)
