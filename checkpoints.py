@@ -185,11 +185,17 @@ def main(argv=None):
     ship.add_argument("destination", help="file to write")
     ship.add_argument("--note", default="", help="how and where it was trained")
     args = parser.parse_args(argv)
+    if Path(args.destination).resolve() == Path(args.source).resolve():
+        sys.exit(f"error: shipping {args.source} onto itself would replace the checkpoint it "
+                 f"reads; name a new destination file.")
     try:
         state = shipped_state(load_checkpoint(args.source), args.note)
+        save_checkpoint(state, args.destination)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
-    save_checkpoint(state, args.destination)
+    except (OSError, RuntimeError) as error:  # torch reports a failed write as RuntimeError
+        sys.exit(f"error: cannot write {args.destination} ({str(error).splitlines()[0]}). "
+                 f"Pass a writable destination.")
     size = Path(args.destination).stat().st_size / 1e6
     print(f"wrote {args.destination} ({size:.1f} MB): {state['command']}")
     return 0

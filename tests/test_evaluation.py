@@ -204,6 +204,20 @@ def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp
     torch.testing.assert_close(shipped(crops), model(crops), atol=2e-3, rtol=0)
 
 
+def test_ship_never_replaces_its_source_and_names_an_unwritable_destination(tmp_path):
+    shipped = PRETRAINED / "MrCNNs.pth"
+    before = shipped.read_bytes()
+    (tmp_path / "a_file").write_text("not a folder")
+    for destination, message in ((shipped, "onto itself would replace the checkpoint it reads"),
+                                 (tmp_path / "a_file" / "x.pth", "cannot write")):
+        result = subprocess.run([sys.executable, str(ROOT / "checkpoints.py"), "ship",
+                                 str(shipped), str(destination), "--note", "x"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr
+    assert shipped.read_bytes() == before
+
+
 def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tmp_path,
                                                                              monkeypatch):
     evaluation = load_test_py()
