@@ -228,3 +228,28 @@ def test_packed_copy_keeps_every_image_and_its_exact_fixation_points(tmp_path):
         with pytest.raises(SystemExit, match=f"{existing} exists"):
             pack_mit1003.main(["--data-dir", str(original), "--output-dir", str(existing)])
     assert dataset.read_ground_truth(original, "a")[0].shape == (300, 500)
+
+
+@pytest.mark.filterwarnings("ignore:.*gets a split of its own")
+def test_exported_coursework_files_read_back_as_the_split_they_came_from(tmp_path):
+    from tools.export_coursework import main as export
+    names = [f"img{i}" for i in range(10)]  # 8 train, val img4, test img8
+    write_mit_folder(tmp_path / "src", names, size=(60, 80))
+    jpeg = tmp_path / "src" / dataset.STIMULI / "img8.jpeg"  # any stimulus extension works
+    Image.open(jpeg).save(jpeg.with_suffix(".png"))
+    jpeg.unlink()
+    export(["--data-dir", str(tmp_path / "src"), "--output-dir", str(tmp_path / "cw"),
+            "--cache-dir", str(tmp_path / "cache")])
+    for split in ("val", "test"):
+        original = dataset.load_mit(tmp_path / "src", split, tmp_path / "cache")
+        exported = dataset.load_coursework(tmp_path / "cw", split)
+        assert exported.names == original.names and len(exported) == 1
+        for ours, theirs in zip(exported.scales, original.scales):
+            assert torch.equal(ours, theirs)
+        assert np.array_equal(exported.fixations[0], original.fixations[0])
+    train = dataset.load_coursework(tmp_path / "cw", "train")
+    assert train.samples[0].shape == (8 * 30, 3, 3, 42, 42) and train.samples[1].sum() == 8 * 10
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit, match="cannot write to .*a_file.*Pass a writable --output-dir"):
+        export(["--data-dir", str(tmp_path / "src"), "--output-dir",
+                str(tmp_path / "a_file" / "cw"), "--cache-dir", str(tmp_path / "cache")])

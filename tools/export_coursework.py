@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dataset import (COURSEWORK_FILES, MAPS, SCALES, STIMULI, DatasetError, cut_crops,
-                     grid_locations, load_mit, open_rgb, pad_images, sample_locations,
+from dataset import (COURSEWORK_FILES, MAPS, SCALES, DatasetError, cut_crops, grid_locations,
+                     load_mit, mit_layout_names, open_rgb, pad_images, sample_locations,
                      show_warnings_plainly)
 
 
@@ -28,6 +28,7 @@ def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    stimuli = mit_layout_names(data_dir)[1]  # name -> its file, whatever its extension
     for split in ("train", "val", "test"):
         data = load_mit(data_dir, split, cache_dir)
         if split == "train":
@@ -40,10 +41,10 @@ def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
             centres = torch.floor(grid_locations() * SCALES[0]).long()
             records = []
             for i, name in enumerate(data.names):
-                image = open_rgb(Path(data_dir) / STIMULI / f"{name}.jpeg")
+                image = open_rgb(stimuli[name])
                 full = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
                 record = {"X": full.float() / 255, "spatial_coords": centres, "y": -1,
-                          "file": f"{name}.jpeg"}
+                          "file": stimuli[name].name}
                 for s, scale in zip(SCALES, data.scales):
                     record[f"X_{s}"] = scale[i].float() / 255
                 records.append(record)
@@ -65,6 +66,9 @@ def main(argv=None):
         export_coursework(args.data_dir, args.output_dir, args.cache_dir, args.seed)
     except DatasetError as error:
         sys.exit(f"error: {error}")
+    except (OSError, RuntimeError) as error:  # torch reports a failed write as RuntimeError
+        sys.exit(f"error: cannot write to {args.output_dir} ({str(error).splitlines()[0]}). "
+                 f"Pass a writable --output-dir with 4 GB free.")
     print(f"wrote {', '.join(COURSEWORK_FILES.values())} to {args.output_dir}")
 
 

@@ -3,6 +3,7 @@ docs/cpu_training_logs.txt.
 
     python -m tools.plot_training_curves   # writes docs/training_curves.png
 """
+import argparse
 import re
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def read_runs(path):
     return runs
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help
     fig, (loss_ax, sauc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for log_name, names in RUNS.items():
         runs = read_runs(HERE / log_name)
