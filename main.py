@@ -39,6 +39,10 @@ from optimisation import FINAL_MOMENTUM, make_optimizer, momentum_at, train_step
 DEFAULT_DATA_DIR = "data/MIT1003"
 LOG_EVERY = 20  # steps between reads of the loss from the device (each read is a sync)
 NOT_RESUMED = ("resume", "init_from", "worker_count")  # how a run was started, this machine
+# what a run's saved state (weights, optimiser, schedule, data, RNG) was built with: a resumed
+# run cannot change it, and would otherwise ignore the new value while recording it
+FIXED_ON_RESUME = ("model", "batch_norm", "dropout", "optimizer", "learning_rate",
+                   "weight_decay", "lr_schedule", "fold", "seed")
 EPOCH_START = {"batch": 0, "sampler_state": None, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
 LABELS = {"auc_shuffled": "sAUC", "auc_judd": "AUC-Judd"}
 
@@ -102,6 +106,15 @@ def parse_args(argv=None):
         p.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)
                           and k not in NOT_RESUMED})
         args = p.parse_args(argv)
+        shown = lambda v: "on" if v is True else "off" if v is False else "none" if v is None \
+            else v
+        changed = [f"--{k.replace('_', '-')} {shown(getattr(args, k))} (the run's: "
+                   f"{shown(saved[k])})"
+                   for k in FIXED_ON_RESUME if k in saved and getattr(args, k) != saved[k]]
+        if changed:
+            raise SystemExit(f"error: --resume continues {args.resume} as it was built, so it "
+                             f"cannot change {', '.join(changed)}. Start a new run with "
+                             f"--init-from {args.resume} for that.")
     return args
 
 

@@ -3,6 +3,7 @@ the command line and its errors, and tools/train_folds.sh."""
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import distil
 import inference
 import main
 import optimisation
-from checkpoints import load_checkpoint, model_from_checkpoint
+from checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from conftest import PRETRAINED, ROOT, make_args, write_mit_folder
 
 
@@ -285,6 +286,23 @@ def test_bad_arguments_exit_with_one_clear_line(tmp_path, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoint").exists()  # a refused run leaves no folder
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--optimizer", "sgd"], "--optimizer sgd (the run's: adam)"),  # was a KeyError
+    (["--learning-rate", "0.01", "--lr-schedule", "cosine"],  # were ignored, yet recorded
+     "--learning-rate 0.01 (the run's: 0.001), --lr-schedule cosine (the run's: constant)"),
+    (["--batch-norm", "--dropout", "0.2"], "--batch-norm on (the run's: off), --dropout 0.2"),
+    (["--fold", "3"], "--fold 3 (the run's: none)"),
+    (["--seed", "5"], "--seed 5 (the run's: 0)")])
+def test_resume_refuses_flags_that_its_saved_state_fixes(tmp_path, flags, message):
+    saved = tmp_path / "last.pth"
+    save_checkpoint({"model": "MrCNN", "model_state": {}, "optimizer_state": {},
+                     "args": vars(main.parse_args(["--data-dir", "synthetic"]))}, saved)
+    with pytest.raises(SystemExit, match=f"cannot change {re.escape(message)}"):
+        main.parse_args(["--resume", str(saved), *flags, "--epochs", "30"])
+    assert main.parse_args(["--resume", str(saved), "--epochs", "30", "--patience", "3",
+                            "--batch-size", "64", "--momentum", "0.95"]).epochs == 30
 
 
 def test_a_teacher_or_start_that_trained_on_the_held_out_images_is_refused(tmp_path):
