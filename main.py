@@ -106,15 +106,6 @@ def parse_args(argv=None):
         p.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)
                           and k not in NOT_RESUMED})
         args = p.parse_args(argv)
-        shown = lambda v: "on" if v is True else "off" if v is False else "none" if v is None \
-            else v
-        changed = [f"--{k.replace('_', '-')} {shown(getattr(args, k))} (the run's: "
-                   f"{shown(saved[k])})"
-                   for k in FIXED_ON_RESUME if k in saved and getattr(args, k) != saved[k]]
-        if changed:
-            raise SystemExit(f"error: --resume continues {args.resume} as it was built, so it "
-                             f"cannot change {', '.join(changed)}. Start a new run with "
-                             f"--init-from {args.resume} for that.")
     return args
 
 
@@ -147,6 +138,18 @@ def check_args(args):
                         "run, --init-from starts a new one from its weights")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
+
+
+def refuse_changed_flags(args, saved):
+    """SystemExit naming every FIXED_ON_RESUME flag of ``args`` that differs from ``saved``,
+    the resumed run's own arguments."""
+    shown = lambda v: "on" if v is True else "off" if v is False else "none" if v is None else v
+    changed = [f"--{k.replace('_', '-')} {shown(getattr(args, k))} (the run's: {shown(saved[k])})"
+               for k in FIXED_ON_RESUME if k in saved and getattr(args, k) != saved[k]]
+    if changed:
+        raise SystemExit(f"error: --resume continues {args.resume} as it was built, so it "
+                         f"cannot change {', '.join(changed)}. Start a new run with "
+                         f"--init-from {args.resume} for that.")
 
 
 def make_model(args, source, source_path, train_set):
@@ -283,6 +286,8 @@ def build(args, command=""):
             ("--teacher", path, state) for path, state in teachers]
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
+    if resume_state is not None:
+        refuse_changed_flags(args, resume_state.get("args", {}))
     for flag, path, state in sources:  # a model that trained on this run's held-out images
         if held_out_fold(state) != args.fold:  # would leak them into its training
             raise SystemExit(f"error: {flag} {path} comes from a run on "

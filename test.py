@@ -194,8 +194,8 @@ def score_split(args, state, model, precision, data):
     rng = np.random.default_rng(args.seed)
     rows["chance"] = [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
                       for _ in range(len(data))]
-    print(f"scoring {len(data)} image{'s' * (len(data) != 1)} x {len(rows)} rows with {len(metrics.METRIC_NAMES)} "
-          f"metrics", flush=True)
+    print(f"scoring {len(data)} image{'s' * (len(data) != 1)} x {len(rows)} rows with "
+          f"{len(metrics.METRIC_NAMES)} metrics", flush=True)
     _, scores = metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
                                          workers=args.worker_count)
     return rows, scores, "post_processed" if post else "raw"
