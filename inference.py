@@ -52,13 +52,8 @@ def _stream_lattice(stream, x, phases=1):
     """
     n_pools = sum(isinstance(m, nn.MaxPool2d) for m in stream.features)
     first_dense_pool = n_pools - int(math.log2(phases))
-    dilation, pool_index, relu_pending = 1, 0, False
+    dilation, pool_index = 1, 0
     for layer in stream.features:
-        if isinstance(layer, nn.ReLU):
-            relu_pending = True  # max-pool and ReLU commute: apply it to the smaller output
-            continue
-        if relu_pending and not isinstance(layer, nn.MaxPool2d):
-            x, relu_pending = torch.relu(x), False
         if isinstance(layer, nn.Conv2d):
             x = F.conv2d(x, layer.weight, layer.bias, dilation=dilation)
         elif isinstance(layer, nn.MaxPool2d):
@@ -68,10 +63,8 @@ def _stream_lattice(stream, x, phases=1):
             else:
                 x = F.max_pool2d(x, 2)
             pool_index += 1
-        else:  # BatchNorm (eval): position-wise
+        else:  # ReLU, or BatchNorm (eval): position-wise
             x = layer(x)
-    if relu_pending:
-        x = torch.relu(x)
     fc = stream.fc
     side = int(math.isqrt(fc.in_features // x.shape[1]))
     weight = fc.weight.view(fc.out_features, x.shape[1], side, side)

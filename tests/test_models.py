@@ -27,6 +27,33 @@ def test_stream_layer_shapes():
     assert stream(torch.zeros(2, 3, 42, 42)).shape == (2, 512)
 
 
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_stream_features_equal_the_papers_conv_relu_pool_in_values_and_gradients(batch_norm):
+    """The stream pools before its ReLU (cheaper); the two orders must agree exactly."""
+    torch.manual_seed(0)
+    stream = Stream(batch_norm=batch_norm).eval()
+    paper, pending_relu = [], None
+    for layer in stream.features:  # the same modules, each ReLU moved before its pool
+        if isinstance(layer, torch.nn.MaxPool2d):
+            pending_relu = layer
+        elif isinstance(layer, torch.nn.ReLU):
+            paper += [torch.nn.ReLU(), pending_relu]
+        else:
+            paper.append(layer)
+    assert [type(m).__name__ for m in paper[-3:]] == ["Conv2d" if not batch_norm else
+                                                      "BatchNorm2d", "ReLU", "MaxPool2d"]
+    crops = torch.randn(6, 3, 42, 42)
+    ours = stream.features(crops)
+    ours.square().sum().backward()
+    ours_grads = [p.grad.clone() for p in stream.features.parameters()]
+    stream.zero_grad()
+    theirs = torch.nn.Sequential(*paper)(crops)
+    theirs.square().sum().backward()
+    assert torch.equal(ours, theirs) and ours.gt(0).any() and ours.eq(0).any()
+    for ours_grad, p in zip(ours_grads, stream.features.parameters(), strict=True):
+        assert torch.equal(ours_grad, p.grad)
+
+
 def test_fc_size_is_derived_from_the_crop_size():
     assert Stream(crop_size=50).fc.in_features == 288 * 4 * 4
 
