@@ -539,6 +539,34 @@ def _torch_load(path):
                            f"'python -m tools.export_coursework'.")
 
 
+def _check_records(path, records, shapes):
+    """Raise DatasetError unless ``records`` is a non-empty list of dicts holding a "file" name
+    and a tensor of each shape of ``shapes`` ({key: shape, or None for a number})."""
+    def problem():
+        if not isinstance(records, list) or not records:
+            return "it holds " + ("an empty list" if records == [] else
+                                  f"a {type(records).__name__}")
+        for i, record in enumerate(records):
+            if not isinstance(record, dict) or "file" not in record:
+                return f"record {i} is not a dict with a 'file' name"
+            for key, shape in shapes.items():
+                value = record.get(key)
+                if shape is None and not isinstance(value, (int, float, torch.Tensor)):
+                    return f"record {i} has no number {key}"
+                if shape is not None and not (isinstance(value, torch.Tensor)
+                                              and value.shape == shape):
+                    return f"record {i}'s {key} is " + (
+                        f"of shape {list(value.shape)}" if isinstance(value, torch.Tensor)
+                        else "missing" if value is None else f"a {type(value).__name__}")
+        return None
+    if (found := problem()) is not None:
+        expected = ", ".join(f"{key} {list(shape) if shape else '(a number)'}"
+                             for key, shape in shapes.items())
+        raise DatasetError(f"{path} is not a coursework file: {found}, where a list of dicts "
+                           f"with file, {expected} was expected. Re-create it with 'python -m "
+                           f"tools.export_coursework'.")
+
+
 def load_coursework(data_dir, split):
     """The coursework's starter-pack file of ``split`` -> SaliencySet.
 
@@ -551,6 +579,8 @@ def load_coursework(data_dir, split):
         raise DatasetError(f"{path} is missing: a coursework data dir needs "
                            f"{', '.join(COURSEWORK_FILES.values())}.")
     records = _torch_load(path)
+    _check_records(path, records, {"X": (len(SCALES), 3, CROP_SIZE, CROP_SIZE), "y": None}
+                   if split == "train" else {f"X_{s}": (3, s, s) for s in SCALES})
     if split == "train":
         crops = torch.stack([r["X"].float() for r in records])
         labels = torch.tensor([float(r["y"]) for r in records])

@@ -1,4 +1,6 @@
 """Crop geometry, location sampling, split files, synthetic data and real MIT1003 images."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -184,6 +186,20 @@ def test_coursework_files_are_read_and_trained_on(tmp_path):
     result, _ = main.train(run)
     assert 0 <= result["auc_judd"] <= 1
     assert (tmp_path / "ck" / "cw" / "final_model.pth").is_file()
+
+
+@pytest.mark.parametrize("records, problem", [
+    ({"X": torch.rand(3, 3, 42, 42)}, "it holds a dict"),
+    ([], "it holds an empty list"),
+    ([{"X": torch.rand(3, 3, 40, 40), "y": 1, "file": "a.jpeg"}],
+     "record 0's X is of shape [3, 3, 40, 40]"),
+    ([{"X": torch.rand(3, 3, 42, 42), "file": "a.jpeg"}], "record 0 has no number y"),
+    ([{"X": torch.rand(3, 3, 42, 42), "y": 1}], "record 0 is not a dict with a 'file' name")])
+def test_a_coursework_file_of_another_structure_is_one_clear_error(tmp_path, records, problem):
+    torch.save(records, tmp_path / "train_data.pth.tar")
+    with pytest.raises(dataset.DatasetError, match=f"train_data.pth.tar is not a coursework "
+                                                   f"file: {re.escape(problem)}, where a list"):
+        dataset.load_coursework(tmp_path, "train")
 
 
 def test_a_split_file_naming_missing_images_is_a_clear_error():
