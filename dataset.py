@@ -280,9 +280,12 @@ def split_names(split, names, data_dir="the data dir"):
     try:
         return read_split(split, names)
     except DatasetError:
-        if split.startswith("fold") or set(names) & set(read_split("train") + read_split("val")
-                                                         + read_split("test")):
+        if set(names) & set(read_split("train") + read_split("val") + read_split("test")):
             raise
+        if split.startswith("fold"):
+            raise DatasetError(f"{data_dir} is not MIT1003, and the cross-validation folds "
+                               f"(--fold K, --split fold<K>/test) are MIT1003's. Without them "
+                               f"it gets a train / val / test split of its own.") from None
     if len(names) < 3:
         raise DatasetError(f"{data_dir} holds only {len(names)} image{'s' * (len(names) != 1)}:"
                            f" a train / val / test split needs at least 3. Add images, or use "

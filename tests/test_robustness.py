@@ -363,6 +363,9 @@ def test_another_eye_tracking_dataset_trains_and_scores_on_a_split_of_its_own(tm
         parts = {s: set(dataset.split_names(s, dataset.mit_layout_names(data)[0]))
                  for s in ("train", "val", "test")}
     assert sum(map(len, parts.values())) == 20 and len(set().union(*parts.values())) == 20
+    with pytest.raises(dataset.DatasetError, match="is not MIT1003, and the cross-validation "
+                                                   "folds .* are MIT1003's"):
+        dataset.split_names("fold3/train", dataset.mit_layout_names(data)[0], data)
     [final] = (tmp_path / "ck").rglob("final_model.pth")
     result = run_script(tmp_path, "test.py", "--data-dir", str(data), "--checkpoint", str(final),
                         "--output-dir", str(tmp_path / "out"), *common)
