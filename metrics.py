@@ -18,8 +18,9 @@ Conventions shared by all functions:
   ``imresize`` does by default.
 * Random draws (AUC-Borji's pixels, shuffled AUC's splits, AUC-Judd's tie-breaking jitter) come
   from a ``numpy.random.Generator`` or seed, on the CPU, so they are the same on any device.
-* An image without fixations, or a constant saliency map where the reference divides by zero,
-  gives NaN (with a warning for the missing fixations), never an exception.
+* An image without fixations, a saliency map with NaN or infinite values, or a constant map
+  where the reference divides by zero, gives NaN (with a warning for the first two), never an
+  exception; a map that is not 2-D is a ValueError.
 """
 import math
 import multiprocessing
@@ -66,8 +67,10 @@ def as_binary_map(fixation_map, device=None):
 def resize_map(saliency_map, shape, device=None):
     """Resize a 2-D map to ``shape`` (H, W) with antialiased bicubic interpolation (the same
     kernel as PIL's and MATLAB's imresize). Returns a float64 tensor; a map that already has
-    that shape is returned unchanged."""
+    that shape is returned unchanged. ValueError for a map that is not 2-D."""
     sal = as_tensor(saliency_map, device)
+    if sal.ndim != 2:
+        raise ValueError(f"a saliency map must be 2-D (H, W); got shape {tuple(sal.shape)}")
     if tuple(sal.shape) == tuple(shape):
         return sal
     return F.interpolate(sal[None, None], size=tuple(shape), mode="bicubic",
@@ -93,15 +96,26 @@ def _min_max(x):
     return (x - low) / (high - low)  # NaN for a constant map, as the reference
 
 
+def _finite(saliency, metric):
+    """``saliency`` (a tensor), or None with a warning when it holds NaN or infinite values:
+    the metric is then undefined (NaN), as the reference's arithmetic makes it for NaN."""
+    if torch.isfinite(saliency).all():
+        return saliency
+    warnings.warn(f"{metric}: the saliency map has NaN or infinite values; returning NaN",
+                  stacklevel=4)
+    return None
+
+
 def _prepare(saliency_map, fixation_map, metric):
     """Return (saliency float64 tensor at the fixation map's size, bool fixation map on the
-    saliency map's device), or None when there are no fixations."""
+    saliency map's device), or None when there are no fixations or the map is not finite."""
     device = saliency_map.device if isinstance(saliency_map, torch.Tensor) else None
     fix = as_binary_map(fixation_map, device)
     if not fix.any():
         warnings.warn(f"{metric}: the fixation map has no fixations; returning NaN", stacklevel=3)
         return None
-    return resize_map(saliency_map, fix.shape, fix.device), fix
+    sal = _finite(resize_map(saliency_map, fix.shape, fix.device), metric)
+    return None if sal is None else (sal, fix)
 
 
 def _rng(rng):
@@ -224,16 +238,21 @@ def nss(saliency_map, fixation_map):
     return float(z[fix].mean())
 
 
-def _with_density(saliency_map, density_map):
-    """(saliency resized to the density's size, density), float64 on the saliency's device."""
+def _with_density(saliency_map, density_map, metric):
+    """(saliency resized to the density's size, density), float64 on the saliency's device;
+    None when the saliency map is not finite."""
     device = saliency_map.device if isinstance(saliency_map, torch.Tensor) else None
     dens = as_tensor(density_map, device)
-    return resize_map(saliency_map, dens.shape, dens.device), dens
+    sal = _finite(resize_map(saliency_map, dens.shape, dens.device), metric)
+    return None if sal is None else (sal, dens)
 
 
 def cc(saliency_map, density_map):
     """Pearson correlation between the saliency map and the ground-truth density (any scales)."""
-    sal, dens = _with_density(saliency_map, density_map)
+    prepared = _with_density(saliency_map, density_map, "cc")
+    if prepared is None:
+        return float("nan")
+    sal, dens = prepared
     a, b = sal - sal.mean(), dens - dens.mean()
     return float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()))
 
@@ -248,7 +267,10 @@ def _to_distribution(x):
 
 def similarity(saliency_map, density_map):
     """SIM (histogram intersection) of the two maps as distributions; in [0, 1]."""
-    sal, dens = _with_density(saliency_map, density_map)
+    prepared = _with_density(saliency_map, density_map, "similarity")
+    if prepared is None:
+        return float("nan")
+    sal, dens = prepared
     return float(torch.minimum(_to_distribution(sal), _to_distribution(dens)).sum())
 
 
@@ -258,7 +280,10 @@ def kl_divergence(saliency_map, density_map):
     As in KLdiv.m the maps are not min-max normalised first: the score is invariant to scaling
     the saliency map but not to adding a constant to it. Lower is better.
     """
-    sal, dens = _with_density(saliency_map, density_map)
+    prepared = _with_density(saliency_map, density_map, "kl_divergence")
+    if prepared is None:
+        return float("nan")
+    sal, dens = prepared
     if sal.any():
         sal = sal / sal.sum()
     if dens.any():
@@ -275,7 +300,10 @@ def coursework_auc(pred, target, n_thresholds=20):
     be compared with the coursework's reported 71% +- 1%; use the ROC metrics above for
     anything else. pred is resized to target's size. Returns a float in [0, 1].
     """
-    prd, tgt = _with_density(pred, target)
+    prepared = _with_density(pred, target, "coursework_auc")
+    if prepared is None:
+        return float("nan")
+    prd, tgt = prepared
     tgt, prd = torch.nan_to_num(_min_max(tgt)), torch.nan_to_num(_min_max(prd))
     thresholds = torch.arange(n_thresholds, device=tgt.device, dtype=torch.float64) / n_thresholds
     # A pixel whose maps exceed kp and kt of the thresholds disagrees at |kp - kt| of them.

@@ -96,6 +96,23 @@ def test_constant_map_gives_nan_like_the_reference_without_crashing():
     assert np.isnan(metrics.auc_judd(const, fix, jitter=False))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_map_with_nan_or_infinite_values_gives_nan_and_a_warning_for_every_metric(bad):
+    dens, fix, other = gaussian_scene()
+    broken = dens.copy()
+    broken[5, 7] = bad  # inf made AUC-Borji and sAUC raise and AUC-Judd return a number
+    with pytest.warns(UserWarning, match="the saliency map has NaN or infinite values"):
+        result = all_metrics(broken, fix, dens, other)
+    assert set(result) == set(metrics.METRIC_NAMES)
+    assert all(np.isnan(value) for value in result.values()), result
+
+
+def test_a_map_that_is_not_2d_is_a_clear_value_error():
+    dens, fix, _ = gaussian_scene()
+    with pytest.raises(ValueError, match=r"must be 2-D \(H, W\); got shape \(60, 80, 3\)"):
+        metrics.auc_judd(np.stack([dens] * 3, axis=-1), fix)
+
+
 def test_no_fixations_gives_nan_and_a_warning():
     dens, _, other = gaussian_scene()
     empty = np.zeros(dens.shape, dtype=bool)
