@@ -44,7 +44,7 @@ NOT_RESUMED = ("resume", "init_from", "worker_count")  # how a run was started, 
 FIXED_ON_RESUME = ("model", "batch_norm", "dropout", "optimizer", "learning_rate",
                    "weight_decay", "lr_schedule", "fold", "seed")
 EPOCH_START = {"batch": 0, "sampler_state": None, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
-LABELS = {"auc_shuffled": "sAUC", "auc_judd": "AUC-Judd"}
+METRIC_LABELS = {"auc_shuffled": "sAUC", "auc_judd": "AUC-Judd"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -409,7 +409,7 @@ def train(run):
             if run["stop"]:  # the signal came during validation or saving
                 raise KeyboardInterrupt
         if out_of_patience():
-            print(f"stopped early: val {LABELS[run['selected_on']]} has not improved for "
+            print(f"stopped early: val {METRIC_LABELS[run['selected_on']]} has not improved for "
                   f"{args.patience} validations (best {run['best']:.4f} at epoch "
                   f"{run['best_epoch']})", flush=True)
         save("final_model.pth")
