@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -229,8 +230,21 @@ def write_results(output_dir, names, scores, summary, default_row):
     return table
 
 
+def flattery_warning(split, names):
+    """The warning for scoring ``split`` of images ``names`` when it holds MIT1003's training
+    images (a model trained on MIT1003 learnt from them), else None."""
+    if split == "all" and set(dataset.read_split("train")) <= set(names):
+        return ("--split all holds MIT1003's training images, which a model trained on MIT1003 "
+                "learnt from (the shipped ones: splits/mit1003_train.txt; a --fold K run: all "
+                "folds but K), so its scores there flatter it. For a fair figure use --split "
+                "test, or fold<K>/test for a fold run.")
+    return None
+
+
 def evaluate(args, state, model, precision, output_dir):
     data = load_split(args)
+    if (warning := flattery_warning(args.split, data.names)) is not None:
+        warnings.warn(warning)
     rows, scores, default_row = score_split(args, state, model, precision, data)
     post = state.get("post_processing")
     write_results(output_dir, data.names, scores, {

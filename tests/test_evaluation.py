@@ -280,6 +280,14 @@ def test_a_model_is_scored_only_where_its_run_held_the_images_out(tmp_path, monk
     assert loaded == ["fold3/val"]  # fold 3 run: validated on fold 4
 
 
+def test_scoring_all_of_mit1003_warns_that_it_holds_the_training_images():
+    flattery_warning = load_test_py().flattery_warning
+    mit1003 = [name for split in ("train", "val", "test") for name in dataset.read_split(split)]
+    assert "flatter" in flattery_warning("all", mit1003)
+    assert flattery_warning("test", dataset.read_split("test")) is None
+    assert flattery_warning("all", ["my_scene1", "my_scene2"]) is None  # another dataset
+
+
 @pytest.mark.parametrize("split", ["fold10/test", "fold3/val", "fold/test", "foldx/test",
                                    "fold-1/test", "everything"])
 def test_an_unknown_split_is_one_clear_error(tmp_path, split):
