@@ -673,7 +673,8 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, n_unifor
     ``n_non_fixation`` where it is below 0.1, labelled 0; and ``n_uniform`` anywhere, with no
     label (NaN: only distillation, which gives every location a target, draws them).
     Returns (image index int64 [M], relative location float [M, 2] at the pixel centres,
-    label float [M]); images lacking fixation or non-fixation pixels are skipped.
+    label float [M]); images lacking fixation or non-fixation pixels are skipped, and
+    DatasetError says so when that leaves none.
     """
     n_images, height, width = maps.shape
     flat = maps.reshape(n_images, -1)
@@ -693,6 +694,11 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, n_unifor
         index.append(torch.full((n_fixation + n_non_fixation + n_uniform,), i, dtype=torch.long))
         label += [torch.ones(n_fixation), torch.zeros(n_non_fixation),
                   torch.full((n_uniform,), float("nan"))]
+    if not index:
+        raise DatasetError(f"no image (of {n_images}) has both fixated pixels (map above "
+                           f"{FIXATION_THRESHOLD} of its maximum) and non-fixated ones (below "
+                           f"{NON_FIXATION_THRESHOLD}) to draw training locations from: check "
+                           f"that the fixation maps are density maps, not uniform images.")
     return torch.cat(index), torch.cat(rel), torch.cat(label)
 
 

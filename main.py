@@ -446,6 +446,8 @@ def main(argv=None):
     command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         return 130 if train(build(args, command))[1] else 0
+    except dataset.DatasetError as error:  # data that gives no training location
+        raise SystemExit(f"error: {error}") from None
     except KeyboardInterrupt:  # before training started (e.g. while building the cache)
         raise SystemExit("interrupted before training started: nothing was saved") from None
 

@@ -350,6 +350,18 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path, monkeypatch, capsys
         main.main(["--data-dir", "synthetic", "--checkpoint-dir", str(tmp_path / "ck")])
 
 
+def test_fixation_maps_without_any_non_fixated_pixel_are_one_clear_error(tmp_path):
+    data = tmp_path / "uniform"
+    write_mit_folder(data, ["a", "b", "c"])
+    for path in (data / dataset.MAPS).glob("*_fixMap.jpg"):  # 255 everywhere: nothing < 0.1
+        Image.fromarray(np.full((48, 64), 255, np.uint8)).save(path)
+    result = run_script(tmp_path, "main.py", "--data-dir", str(data), "--epochs", "1",
+                        "--batch-size", "8", "--checkpoint-dir", str(tmp_path / "ck"),
+                        "--cache-dir", str(tmp_path / "cache"), "-j", "1")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-800:]
+    assert "no image (of 1) has both fixated pixels" in result.stderr
+
+
 def test_another_eye_tracking_dataset_trains_and_scores_on_a_split_of_its_own(tmp_path):
     data = tmp_path / "mydata"
     write_mit_folder(data, [f"scene{i:02d}" for i in range(20)])
