@@ -48,10 +48,12 @@ METRIC_LABELS = {"auc_shuffled": "sAUC", "auc_judd": "AUC-Judd"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with '(default: ...)' only where a default exists."""
+    """--help with '(default: ...)' only where a default exists and the help does not already
+    say it."""
 
     def _get_help_string(self, action):
-        quiet = action.default is None or action.default is False or action.default == []
+        quiet = (action.default is None or action.default is False or action.default == []
+                 or "(default:" in (action.help or ""))
         return action.help if quiet else super()._get_help_string(action)
 
 

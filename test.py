@@ -27,6 +27,7 @@ from checkpoints import (CheckpointError, held_out_fold, load_checkpoint, model_
                          protocol_name, save_checkpoint)
 from devices import DEVICES, PRECISIONS, pick_device, pick_precision
 from inference import MODES, centre_bias_map, post_process, predict_maps, saliency_grid
+from main import HelpFormatter
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint" / "pretrained" / "MrCNN.pth"
 BLUR_SIGMAS = (0.0, 0.02, 0.04, 0.06)
@@ -39,9 +40,10 @@ class UsageError(Exception):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate Mr-CNN saliency maps.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                        help="checkpoint written by main.py (default: the shipped MrCNN)")
+                        help="checkpoint written by main.py (default: the shipped MrCNN, "
+                        "checkpoint/pretrained/MrCNN.pth)")
     parser.add_argument("--data-dir", default="data/MIT1003", help="MIT-layout folder")
     parser.add_argument("--split", default="test", help="MIT1003 split: train, val, test, "
                         "fold<K>/test (cross-validation fold K), or all: every image in "
