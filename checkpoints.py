@@ -11,6 +11,8 @@ models may add ``post_processing`` and ``training_note``.
 """
 import os
 import random
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +52,31 @@ def load_checkpoint(path):
                               f"pass the path of a .pth file.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - every unpickling failure means the same to users
-        first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise CheckpointError(f"{path} is not a loadable checkpoint ({type(error).__name__}: "
-                              f"{first_line}). Only files written by main.py are accepted; "
-                              f"pickles that would run code are refused.")
+    except Exception as error:  # noqa: BLE001 - any failure here means an unusable file
+        raise CheckpointError(f"{path} is not a loadable checkpoint: {_why_unloadable(path, error)}")
     if not isinstance(state, dict) or "model_state" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not a Mr-CNN checkpoint (no 'model' / 'model_state'). "
                               f"Pass a file written by main.py.")
     return state
+
+
+def _why_unloadable(path, error):
+    """The cause of a failed ``torch.load(path, weights_only=True)``, said for a user (torch's
+    own message suggests ``weights_only=False``, which is exactly what must not be done)."""
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if refused:
+        return (f"it holds Python objects ({refused.group(1)}) that a safe load refuses, as "
+                f"unpickling them could run code. Pass a file written by main.py: it holds "
+                f"tensors and plain values only.")
+    if path.stat().st_size == 0:
+        return "the file is empty. Copy it again, or pass another .pth file written by main.py."
+    if not zipfile.is_zipfile(path):
+        return ("torch.save writes a zip archive and this file is not one (another kind of "
+                "file, or a copy or download that did not finish). Pass a .pth file written "
+                "by main.py.")
+    first_line = (str(error).strip().splitlines() or [""])[0][:160]
+    return (f"the file is damaged ({type(error).__name__}: {first_line}). Copy it again, or "
+            f"pass another .pth file written by main.py.")
 
 
 def load_resumable(path, batch_size):

@@ -16,7 +16,7 @@ from PIL import Image
 import dataset
 import main
 import optimisation
-from checkpoints import load_checkpoint, save_checkpoint
+from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from conftest import PRETRAINED, ROOT, make_args, write_mit_folder
 
 
@@ -189,6 +189,29 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model_state"]["w"], torch.ones(3))
     assert [p.name for p in path.parent.iterdir()] == ["best.pth"]
+
+
+class Unlisted:
+    """A class that a weights-only load does not know."""
+
+
+@pytest.mark.parametrize("damage, cause", [
+    ("truncated", "a copy or download that did not finish"),
+    ("empty", "the file is empty"),
+    ("python object", "holds Python objects (test_robustness.Unlisted)"),
+])
+def test_an_unloadable_checkpoint_is_named_with_its_cause_and_never_weights_only_false(
+        tmp_path, damage, cause):
+    path = tmp_path / "best.pth"
+    whole = {"model": "MrCNN", "model_state": {"w": torch.ones(1000)}}
+    save_checkpoint(whole | {"extra": Unlisted()} if damage == "python object" else whole, path)
+    if damage != "python object":
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2 if damage == "truncated"
+                                           else 0])
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path} is not a loadable checkpoint: ")
+    assert cause in str(error.value) and "weights_only" not in str(error.value)
 
 
 def run_script(tmp_path, script, *args):
