@@ -280,19 +280,24 @@ def cross_validate(args, device, precision, output_dir):
     if len(args.folds) != dataset.N_FOLDS:
         raise UsageError(f"--folds takes the {dataset.N_FOLDS} fold runs' checkpoints, fold 0 "
                          f"first (got {len(args.folds)})")
-    names, pooled, per_fold = [], {}, []
-    for k, path in enumerate(args.folds):
-        state, model = load_model(path, device)
+    for k, path in enumerate(args.folds):  # all checked before minutes of scoring
+        state = load_checkpoint(path)
         if held_out_fold(state) != k:
             raise UsageError(f"{path} was not trained with --fold {k} (it comes from a run on "
                              f"{protocol_name(held_out_fold(state))}). Pass the runs in fold "
                              f"order 0..{dataset.N_FOLDS - 1}.")
+        tuned = bool(state.get("post_processing"))
+        if k == 0:
+            fold0_tuned = tuned
+        elif tuned != fold0_tuned:
+            raise UsageError(f"{path} {'has' if tuned else 'lacks'} post-processing, unlike "
+                             f"fold 0: tune all folds or none")
+    names, pooled, per_fold = [], {}, []
+    for k, path in enumerate(args.folds):
+        state, model = load_model(path, device)
         data = dataset.load_mit(args.data_dir, f"fold{k}/test", args.cache_dir,
                                 args.worker_count, ground_truth=True)
         _, scores, default_row = score_split(args, state, model, precision, data)
-        if pooled and set(scores) != set(pooled):
-            raise UsageError(f"{path} has {'no ' if 'blurred' not in scores else ''}"
-                             f"post-processing unlike fold 0: tune all folds or none")
         names += data.names
         for row, values in scores.items():
             pooled.setdefault(row, []).extend(values)

@@ -255,6 +255,16 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
     with pytest.raises(SystemExit, match="was not trained with --fold 0"):
         evaluation.main([*common, "--folds", *map(str, folds[::-1]),
                          "--output-dir", str(tmp_path / "cv2")])
+    # a wrong last fold is refused before any fold is scored, not after nine
+    monkeypatch.setattr(evaluation, "score_split", lambda *a: pytest.fail("scored a fold"))
+    with pytest.raises(SystemExit, match="was not trained with --fold 9"):
+        evaluation.main([*common, "--folds", *map(str, folds[:9] + folds[8:9]),
+                         "--output-dir", str(tmp_path / "cv3")])
+    shipped["post_processing"] = {"blur_sigma": 0.02, "centre_weight": 0.2}
+    torch.save(shipped, folds[9])
+    with pytest.raises(SystemExit, match="fold9.pth has post-processing, unlike fold 0"):
+        evaluation.main([*common, "--folds", *map(str, folds), "--output-dir",
+                         str(tmp_path / "cv4")])
 
 
 def test_a_model_is_scored_only_where_its_run_held_the_images_out(tmp_path, monkeypatch):
