@@ -408,23 +408,26 @@ def run_train_folds(tmp_path, failing=""):
 
 
 def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_all_ten(tmp_path):
-    """Finished folds are skipped, stopped ones resumed, new ones started with {K} in their
-    arguments replaced by the fold; then the ten are scored."""
+    """Finished folds are skipped, stopped ones resumed from their newest checkpoint (an
+    interrupted.pth that a resumed run has since gone past is stale), new ones started with {K}
+    in their arguments replaced by the fold; then the ten are scored."""
     ck = tmp_path / "ck"
-    for k, name in ((0, "final_model.pth"), (1, "interrupted.pth"), (2, "last.pth")):
+    for k, names in ((0, ["final_model.pth"]), (1, ["last.pth", "interrupted.pth"]),
+                     (2, ["last.pth"]), (3, ["interrupted.pth", "last.pth"])):
         (ck / f"t_fold{k}").mkdir(parents=True)
-        (ck / f"t_fold{k}" / name).write_text("")
+        for age, name in enumerate(reversed(names)):  # the last named is the newest
+            (ck / f"t_fold{k}" / name).write_text("")
+            os.utime(ck / f"t_fold{k}" / name, (1e9 - 100 * age, 1e9 - 100 * age))
     status, _, calls = run_train_folds(tmp_path)
     assert status == 0
     runs = sorted(call for call in calls if call[0] == "main.py")
     assert runs == sorted(
-        [["main.py", "--resume", f"{ck}/t_fold1/interrupted.pth", "--data-dir", "/data/MIT",
-          "--checkpoint-dir", str(ck)],
-         ["main.py", "--resume", f"{ck}/t_fold2/last.pth", "--data-dir", "/data/MIT",
-          "--checkpoint-dir", str(ck)]]
+        [["main.py", "--resume", f"{ck}/t_fold{k}/{name}", "--data-dir", "/data/MIT",
+          "--checkpoint-dir", str(ck)]
+         for k, name in ((1, "interrupted.pth"), (2, "last.pth"), (3, "last.pth"))]
         + [["main.py", "--data-dir", "/data/MIT", "--fold", str(k), "--run-name", f"t_fold{k}",
             "--checkpoint-dir", str(ck), "--epochs", "12", "--teacher", f"t_fold{k}/best.pth"]
-           for k in range(3, 10)])
+           for k in range(4, 10)])
     assert calls[-1] == ["test.py", "--data-dir", "/data/MIT", "--output-dir",
                          str(tmp_path / "out"), "--folds",
                          *(f"{ck}/t_fold{k}/best.pth" for k in range(10))]

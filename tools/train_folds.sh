@@ -12,9 +12,10 @@
 # held-out images). Each fold is one independent command, so on a cluster a job array runs
 # fold $SLURM_ARRAY_TASK_ID as:
 #   python main.py --data-dir data/MIT1003 --fold $SLURM_ARRAY_TASK_ID --run-name NAME_fold$SLURM_ARRAY_TASK_ID ...
-# A stopped fold (Ctrl-C, SIGTERM, a time limit) keeps interrupted.pth; running this script
-# again resumes it on DATA (a copy of the data elsewhere will do: main.py checks its content)
-# and skips the folds that have a final_model.pth.
+# A stopped fold (Ctrl-C, SIGTERM, a time limit) keeps interrupted.pth, and last.pth (written
+# every epoch) survives even a kill; running this script again resumes the newer of the two on
+# DATA (a copy of the data elsewhere will do: main.py checks its content) and skips the folds
+# that have a final_model.pth.
 # Scores use each fold's best.pth, the epoch chosen on its inner validation fold (never on
 # the images it holds out). Environment: DATA (data/MIT1003), NAME (cv), PARALLEL (1),
 # PY (python), CHECKPOINTS (checkpoint), OUT (results/cv_NAME).
@@ -32,12 +33,13 @@ run_fold() {
     shift
     set -- "${@//\{K\}/$k}"
     if [ -f "$dir/final_model.pth" ]; then return 0; fi
-    for saved in "$dir/interrupted.pth" "$dir/last.pth"; do
-        if [ -f "$saved" ]; then
-            $PY main.py --resume "$saved" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
-            return
-        fi
-    done
+    # the newer of the two: a resumed run that was then killed leaves a stale interrupted.pth
+    saved="$dir/interrupted.pth"
+    if [ ! -f "$saved" ] || [ "$dir/last.pth" -nt "$saved" ]; then saved="$dir/last.pth"; fi
+    if [ -f "$saved" ]; then
+        $PY main.py --resume "$saved" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
+        return
+    fi
     $PY main.py --data-dir "$DATA" --fold "$k" --run-name "${NAME}_fold$k" \
         --checkpoint-dir "$CHECKPOINTS" "$@"
 }
