@@ -154,6 +154,24 @@ def refuse_changed_flags(args, saved):
                          f"--init-from {args.resume} for that.")
 
 
+def refuse_going_back(path, state, run_dir):
+    """SystemExit if ``run_dir`` already holds a checkpoint of the run from a later step than
+    ``state`` (loaded from ``path``): resuming the older one would overwrite it."""
+    for later in (run_dir / name for name in ("interrupted.pth", "last.pth", "final_model.pth")):
+        if not later.is_file() or later.resolve() == Path(path).resolve():
+            continue
+        try:
+            saved = load_checkpoint(later)
+        except CheckpointError:
+            continue
+        if saved.get("step", 0) > state["step"]:
+            raise SystemExit(f"error: {later} is from a later point of this run (epoch "
+                             f"{saved.get('epoch')}, step {saved['step']}) than {path} (epoch "
+                             f"{state['epoch']}, step {state['step']}); resuming the older one "
+                             f"would overwrite it. Resume {later}, or start a new run from "
+                             f"{path} with --init-from {path} --run-name NEW.")
+
+
 def make_model(args, source, source_path, train_set):
     """A new model (input statistics from the training images) or one from a checkpoint."""
     options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
@@ -290,6 +308,8 @@ def build(args, command=""):
         raise SystemExit(f"error: {error}")
     if resume_state is not None:
         refuse_changed_flags(args, resume_state.get("args", {}))
+        run_dir = Path(args.checkpoint_dir) / (args.run_name or resume_state["run_name"])
+        refuse_going_back(args.resume, resume_state, run_dir)
     for flag, path, state in sources:  # a model that trained on this run's held-out images
         if held_out_fold(state) != args.fold:  # would leak them into its training
             raise SystemExit(f"error: {flag} {path} comes from a run on "
@@ -327,9 +347,7 @@ def build(args, command=""):
                                           args.lr_schedule, args.epochs)
     targets = (teacher_maps(teachers, train_set, args.cache_dir, device, precision,
                             args.teacher_blur) if args.teacher else None)  # before the folder
-    if resume_state is not None:
-        run_dir = Path(args.checkpoint_dir) / (args.run_name or resume_state["run_name"])
-    else:
+    if resume_state is None:
         fold = "" if args.fold is None else f"_fold{args.fold}"
         run_dir = new_run_dir(args.checkpoint_dir, args.run_name or time.strftime(
             f"{args.model}_{args.optimizer}_lr{args.learning_rate:g}_bs{args.batch_size}{fold}"

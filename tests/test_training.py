@@ -185,6 +185,22 @@ def test_resume_takes_the_runs_own_flags_as_defaults(tmp_path, small_synthetic):
     assert run["epoch"] == 1 and run["name"] == "run"
 
 
+def test_resuming_a_checkpoint_that_the_run_has_gone_past_is_refused_and_overwrites_nothing(
+        tmp_path, small_synthetic):
+    flags = ("--batch-size", "64", "--epochs", "3")
+    main.train(main.build(make_args(tmp_path, *flags[:2], "--epochs", "1")))
+    run_dir = tmp_path / "checkpoint" / "run"
+    shutil.copy(run_dir / "last.pth", run_dir / "interrupted.pth")  # a stop at epoch 1 ...
+    later = load_checkpoint(run_dir / "last.pth")  # ... that was resumed and went on
+    save_checkpoint(later | {"epoch": 2, "step": 2 * later["step"]}, run_dir / "last.pth")
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.pth")}
+    with pytest.raises(SystemExit, match=r"last.pth is from a later point of this run \(epoch 2"):
+        main.build(make_args(tmp_path, *flags, "--resume", str(run_dir / "interrupted.pth")))
+    assert {p.name: p.read_bytes() for p in run_dir.glob("*.pth")} == before
+    assert main.build(make_args(tmp_path, *flags, "--resume",
+                                str(run_dir / "last.pth")))["epoch"] == 2
+
+
 def test_init_from_takes_dropout_from_the_command_line_and_records_it(tmp_path, small_synthetic):
     shipped = PRETRAINED / "MrCNN.pth"
     assert load_checkpoint(shipped)["model_options"]["dropout"] == 0.5
