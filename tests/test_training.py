@@ -187,8 +187,8 @@ def test_resume_takes_the_runs_own_flags_as_defaults(tmp_path, small_synthetic):
 
 def test_resuming_a_checkpoint_that_the_run_has_gone_past_is_refused_and_overwrites_nothing(
         tmp_path, small_synthetic):
+    main.train(main.build(make_args(tmp_path, "--batch-size", "64", "--epochs", "1")))
     flags = ("--batch-size", "64", "--epochs", "3")
-    main.train(main.build(make_args(tmp_path, *flags[:2], "--epochs", "1")))
     run_dir = tmp_path / "checkpoint" / "run"
     shutil.copy(run_dir / "last.pth", run_dir / "interrupted.pth")  # a stop at epoch 1 ...
     later = load_checkpoint(run_dir / "last.pth")  # ... that was resumed and went on
