@@ -239,6 +239,20 @@ def test_an_output_dir_that_cannot_be_written_is_one_clear_error(tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("compare_results.py", ["missing_a", "missing_b"], "cannot read missing_a/per_image.csv"),
+    ("pack_mit1003.py", ["--data-dir", "missing", "--output-dir", "packed"],
+     "data dir missing does not exist"),
+    ("export_coursework.py", ["--data-dir", "missing", "--output-dir", "cw"],
+     "data dir missing does not exist")])
+def test_tools_run_as_scripts_from_anywhere_give_their_own_errors(tmp_path, tool, args, message):
+    """python tools/X.py from another folder (not python -m tools.X from the project root)."""
+    result = run_script(tmp_path, f"tools/{tool}", *args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "packed").exists() and not (tmp_path / "cw").exists()
+
 # ----------------------------------------------------------------------------- interruption
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(tmp_path,
                                                                                small_synthetic,

@@ -13,6 +13,9 @@ import math
 import sys
 from pathlib import Path
 
+if not __package__:  # run as python tools/<name>.py: the project's modules are one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from metrics import METRIC_NAMES, confidence_table
 
 

@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+if not __package__:  # run as python tools/<name>.py: the project's modules are one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from checkpoints import save_checkpoint
 from dataset import (COURSEWORK_FILES, MAPS, SCALES, DatasetError, cut_crops, grid_locations,
                      load_mit, mit_layout_names, open_rgb, pad_images, sample_locations,
                      show_warnings_plainly)
@@ -26,8 +30,7 @@ def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
     three resized images as float [3, S, S] in [0, 1], the full image, and the 50x50 grid's
     crop centres in 400x400 pixels. Also copies ALLFIXATIONMAPS beside them.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(output_dir)  # made by the first write, once the data have been read
     stimuli = mit_layout_names(data_dir)[1]  # name -> its file, whatever its extension
     for split in ("train", "val", "test"):
         data = load_mit(data_dir, split, cache_dir)
@@ -48,7 +51,7 @@ def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
                 for s, scale in zip(SCALES, data.scales):
                     record[f"X_{s}"] = scale[i].float() / 255
                 records.append(record)
-        torch.save(records, output_dir / COURSEWORK_FILES[split])
+        save_checkpoint(records, output_dir / COURSEWORK_FILES[split])  # atomic
     if not (output_dir / MAPS).exists():
         shutil.copytree(Path(data_dir) / MAPS, output_dir / MAPS)
 

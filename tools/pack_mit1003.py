@@ -23,6 +23,9 @@ from pathlib import Path
 
 from PIL import Image
 
+if not __package__:  # run as python tools/<name>.py: the project's modules are one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from dataset import (MAPS, SCALES, STIMULI, DatasetError, mit_layout_names, open_grey,
                      open_rgb, resize_map_uint8)
 from metrics import as_binary_map
