@@ -398,6 +398,7 @@ def train(run):
           f"{run['dir']}", flush=True)
     last_val, interrupted, finished = {}, False, False
     begun, first = time.perf_counter(), run["epoch"]
+    partial = run["progress"]["batch"] > 0  # resumed inside an epoch
 
     def out_of_patience():
         return 0 < args.patience * args.val_frequency <= run["epoch"] - run["best_epoch"]
@@ -423,8 +424,12 @@ def train(run):
                     run["best"], run["best_epoch"] = last_val[run["selected_on"]], run["epoch"]
                     save("best.pth")
             save("last.pth")
-            left = (time.perf_counter() - begun) / (run["epoch"] - first) * (args.epochs - run[
-                "epoch"])  # flushed: a redirected stdout would hold the line for hours
+            if partial:  # the time left is timed on whole epochs only
+                begun, first, partial, left = time.perf_counter(), run["epoch"], False, 0
+            else:
+                left = ((time.perf_counter() - begun) / (run["epoch"] - first)
+                        * (args.epochs - run["epoch"]))
+            # flushed: a redirected stdout would hold the line for hours
             print(f"{line} | {left / 60:.1f} min left" if left else line, flush=True)
             if run["stop"]:  # the signal came during validation or saving
                 raise KeyboardInterrupt

@@ -254,34 +254,37 @@ def test_tools_run_as_scripts_from_anywhere_give_their_own_errors(tmp_path, tool
     assert not (tmp_path / "packed").exists() and not (tmp_path / "cw").exists()
 
 # ----------------------------------------------------------------------------- interruption
-def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(tmp_path,
-                                                                               small_synthetic,
-                                                                               monkeypatch):
-    flags = ("--epochs", "2", "--batch-size", "64")  # 24 images x 30 samples: 11 steps/epoch
+def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(
+        tmp_path, small_synthetic, monkeypatch, capsys):
+    flags = ("--epochs", "3", "--batch-size", "64")  # 24 images x 30 samples: 11 steps/epoch
     main.train(main.build(make_args(tmp_path / "a", *flags)))
     steps = []
 
-    def ctrl_c_during_step_16(*args, **kwargs):
+    def ctrl_c_during_step_6(*args, **kwargs):
         steps.append(1)
-        if len(steps) == 16:
+        if len(steps) == 6:
             os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
         return optimisation.train_step(*args, **kwargs)
-    monkeypatch.setattr(main, "train_step", ctrl_c_during_step_16)
+    monkeypatch.setattr(main, "train_step", ctrl_c_during_step_6)
     _, interrupted = main.train(main.build(make_args(tmp_path / "b", *flags)))
-    assert interrupted and len(steps) == 16  # the step in flight finished, no more
+    assert interrupted and len(steps) == 6  # the step in flight finished, no more
     monkeypatch.setattr(main, "train_step", optimisation.train_step)
     saved = tmp_path / "b" / "checkpoint" / "run" / "interrupted.pth"
     state = load_checkpoint(saved)
-    assert (state["epoch"], state["step"], state["epoch_progress"]["batch"]) == (1, 16, 5)
+    assert (state["epoch"], state["step"], state["epoch_progress"]["batch"]) == (0, 6, 6)
     assert not (saved.parent / "final_model.pth").exists()
+    capsys.readouterr()
     main.train(main.build(make_args(tmp_path / "b", *flags, "--resume", str(saved))))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert ["min left" in line for line in lines] == [False, True, False]  # 1 was 5 steps of 11
     straight = load_checkpoint(tmp_path / "a" / "checkpoint" / "run" / "final_model.pth")
     resumed = load_checkpoint(saved.parent / "final_model.pth")
-    assert resumed["step"] == straight["step"] == 22
+    assert resumed["step"] == straight["step"] == 33
     for name, value in straight["model_state"].items():
         assert torch.equal(value, resumed["model_state"][name]), name
     with pytest.raises(SystemExit, match="stopped inside an epoch of batch size 64"):
-        main.build(make_args(tmp_path / "b", "--epochs", "2", "--batch-size", "32",
+        main.build(make_args(tmp_path / "b", "--epochs", "3", "--batch-size", "32",
                              "--resume", str(saved)))
 
 
