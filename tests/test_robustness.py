@@ -239,7 +239,6 @@ def test_an_output_dir_that_cannot_be_written_is_one_clear_error(tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
-
 @pytest.mark.parametrize("tool, args, message", [
     ("compare_results.py", ["missing_a", "missing_b"], "cannot read missing_a/per_image.csv"),
     ("pack_mit1003.py", ["--data-dir", "missing", "--output-dir", "packed"],
@@ -252,6 +251,7 @@ def test_tools_run_as_scripts_from_anywhere_give_their_own_errors(tmp_path, tool
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert message in result.stderr
     assert not (tmp_path / "packed").exists() and not (tmp_path / "cw").exists()
+
 
 # ----------------------------------------------------------------------------- interruption
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(
