@@ -22,6 +22,7 @@ Conventions shared by all functions:
   where the reference divides by zero, gives NaN (with a warning for the first two), never an
   exception; a map that is not 2-D is a ValueError.
 """
+import csv
 import math
 import multiprocessing
 import os
@@ -426,3 +427,33 @@ def confidence_table(scores, names=METRIC_NAMES):
             table[row][name] = {"mean": float(values.mean()) if len(values) else float("nan"),
                                 "std": std, "ci95": 1.96 * std / math.sqrt(max(len(values), 1))}
     return table
+
+
+def write_per_image(path, names, scores):
+    """Write ``scores`` ({row: per-image metric dicts, in the order of ``names``}) to the CSV
+    file ``path``: one line per image and row (image, row, every metric to 6 decimals)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "row", *METRIC_NAMES])
+        for row, per_image in scores.items():
+            for name, values in zip(names, per_image):
+                writer.writerow([name, row, *(f"{values[m]:.6f}" for m in METRIC_NAMES)])
+
+
+def read_per_image(path):
+    """A CSV file written by ``write_per_image`` -> {row: {image name: {metric: float}}}, rows
+    and images in file order. OSError if it cannot be read; ValueError (saying what is wrong)
+    if it is not such a file."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "row", *METRIC_NAMES} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"no column {', '.join(sorted(missing))}")
+        scores = {}
+        for line in reader:
+            try:
+                values = {m: float(line[m]) for m in METRIC_NAMES}
+            except (TypeError, ValueError):
+                raise ValueError(f"line {reader.line_num} is not a row of numbers")
+            scores.setdefault(line["row"], {})[line["image"]] = values
+    return scores

@@ -4,13 +4,13 @@
     python test.py --checkpoint checkpoint/<run>/best.pth --split val --save-maps
     python test.py --checkpoint checkpoint/<run>/best.pth --tune-post-processing tuned.pth
     python test.py --images photo.jpg other.png --output-dir maps/
+    python test.py --data-dir data/MIT1003 --folds checkpoint/cv_fold{0..9}/best.pth
 
 Scores every image with the MIT benchmark's metrics (metrics.py) for the model (raw and,
 when the checkpoint carries it, post-processed), a centre-bias baseline and a chance map;
 writes OUT/per_image.csv, OUT/metrics.json and OUT/best_worst.png, and prints the table.
 """
 import argparse
-import csv
 import json
 import math
 import sys
@@ -48,9 +48,11 @@ def parse_args(argv=None):
     parser.add_argument("--split", default="test", help="MIT1003 split: train, val, test, "
                         "fold<K>/test (cross-validation fold K), or all: every image in "
                         "--data-dir")
-    parser.add_argument("--folds", nargs="+", metavar="CHECKPOINT",
+    parser.add_argument("--folds", nargs="+", metavar="RUN",
                         help="cross-validation: the ten runs of main.py --fold 0..9, fold 0 "
-                             "first; each scores the images it held out, pooled over all")
+                             "first, each its checkpoint (scores the images it held out) or "
+                             "the folder that test.py --split fold<K>/test wrote for it (read "
+                             "as scored); pooled over all")
     parser.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
                         help="your own images, or folders of them: write maps and overlays, no "
                              "ground truth")
@@ -222,12 +224,7 @@ def write_results(output_dir, names, scores, summary, default_row):
                **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES}, "rows": table}
     (output_dir / "metrics.json").write_text(json.dumps(strict_json(summary), indent=2,
                                                         allow_nan=False))
-    with open(output_dir / "per_image.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "row", *metrics.METRIC_NAMES])
-        for row, per_image in scores.items():
-            for name, values in zip(names, per_image):
-                writer.writerow([name, row, *(f"{values[m]:.6f}" for m in metrics.METRIC_NAMES)])
+    metrics.write_per_image(output_dir / "per_image.csv", names, scores)
     print_table(table, len(names))
     return table
 
@@ -250,8 +247,8 @@ def evaluate(args, state, model, precision, output_dir):
     rows, scores, default_row = score_split(args, state, model, precision, data)
     post = state.get("post_processing")
     write_results(output_dir, data.names, scores, {
-        "checkpoint": str(args.checkpoint), "split": args.split, "inference": args.inference,
-        "post_processing": post}, default_row)
+        "checkpoint": str(args.checkpoint), "epoch": state.get("epoch"), "split": args.split,
+        "inference": args.inference, "seed": args.seed, "post_processing": post}, default_row)
     stimuli = Path(args.data_dir) / dataset.STIMULI
 
     def source_image(i):
@@ -273,20 +270,59 @@ def evaluate(args, state, model, precision, output_dir):
           f"{output_dir / 'best_worst.png'}")
 
 
+def read_fold_results(folder, k, args):
+    """A folder that ``test.py --split fold<k>/test`` wrote -> (its metrics.json summary, its
+    image names, {row: per-image metric dicts}); UsageError where it is not fold k's held-out
+    images scored as ``args`` would score them."""
+    folder = Path(folder)
+    redo = (f"Pass the folder that test.py --split fold{k}/test --output-dir wrote for fold "
+            f"{k}'s run, or that run's checkpoint.")
+    try:
+        summary = json.loads((folder / "metrics.json").read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("metrics.json is not an object")
+        scores = metrics.read_per_image(folder / "per_image.csv")
+    except OSError as error:
+        raise UsageError(f"cannot read the scores in {folder} ({error.strerror}: "
+                         f"{error.filename}). {redo}")
+    except ValueError as error:
+        raise UsageError(f"{folder} does not hold test.py's scores ({error}). {redo}")
+    if summary.get("split") != f"fold{k}/test":
+        raise UsageError(f"{folder} holds scores of --split {summary.get('split')}, not "
+                         f"fold{k}/test. {redo}")
+    for key, flag in (("inference", "--inference"), ("seed", "--seed")):
+        if summary.get(key) != getattr(args, key):
+            raise UsageError(f"{folder} was scored with {flag} {summary.get(key)}, not "
+                             f"{getattr(args, key)}: pass {flag} {summary.get(key)} to pool it "
+                             f"as it is, or score it again.")
+    names = list(scores.get(summary.get("default_row"), {}))
+    if sorted(names) != dataset.read_split(f"fold{k}/test") or \
+            any(list(per_image) != names for per_image in scores.values()):
+        raise UsageError(f"{folder}/per_image.csv does not score each image of fold {k} "
+                         f"(splits/mit1003_folds{dataset.N_FOLDS}.txt) once in every row. {redo}")
+    return summary, names, {row: list(per_image.values()) for row, per_image in scores.items()}
+
+
 def cross_validate(args, device, precision, output_dir):
     """Score ten fold runs (``--folds``, fold 0 first): every image by the model that held it
     out, each fold exactly as ``--split fold<K>/test`` scores it; metrics pooled over all
-    images, plus a per-fold table. Writes metrics.json and per_image.csv."""
+    images, plus a per-fold table. Writes metrics.json and per_image.csv. A run given as the
+    folder that ``--split fold<K>/test`` wrote is read, not scored again."""
     if len(args.folds) != dataset.N_FOLDS:
-        raise UsageError(f"--folds takes the {dataset.N_FOLDS} fold runs' checkpoints, fold 0 "
-                         f"first (got {len(args.folds)})")
+        raise UsageError(f"--folds takes the {dataset.N_FOLDS} fold runs (checkpoints or "
+                         f"their fold<K>/test scores), fold 0 first (got {len(args.folds)})")
+    results = {}
     for k, path in enumerate(args.folds):  # all checked before minutes of scoring
-        state = load_checkpoint(path)
-        if held_out_fold(state) != k:
-            raise UsageError(f"{path} was not trained with --fold {k} (it comes from a run on "
-                             f"{protocol_name(held_out_fold(state))}). Pass the runs in fold "
-                             f"order 0..{dataset.N_FOLDS - 1}.")
-        tuned = bool(state.get("post_processing"))
+        if Path(path).is_dir():
+            results[k] = read_fold_results(path, k, args)
+            tuned = "post_processed" in results[k][2]
+        else:
+            state = load_checkpoint(path)
+            if held_out_fold(state) != k:
+                raise UsageError(f"{path} was not trained with --fold {k} (it comes from a run "
+                                 f"on {protocol_name(held_out_fold(state))}). Pass the runs in "
+                                 f"fold order 0..{dataset.N_FOLDS - 1}.")
+            tuned = bool(state.get("post_processing"))
         if k == 0:
             fold0_tuned = tuned
         elif tuned != fold0_tuned:
@@ -294,22 +330,28 @@ def cross_validate(args, device, precision, output_dir):
                              f"fold 0: tune all folds or none")
     names, pooled, per_fold = [], {}, []
     for k, path in enumerate(args.folds):
-        state, model = load_model(path, device)
-        data = dataset.load_mit(args.data_dir, f"fold{k}/test", args.cache_dir,
-                                args.worker_count, ground_truth=True)
-        _, scores, default_row = score_split(args, state, model, precision, data)
-        names += data.names
+        if k in results:
+            summary, fold_names, scores = results[k]
+            default_row, checkpoint, epoch = (summary["default_row"], summary.get("checkpoint"),
+                                              summary.get("epoch"))
+        else:
+            state, model = load_model(path, device)
+            data = dataset.load_mit(args.data_dir, f"fold{k}/test", args.cache_dir,
+                                    args.worker_count, ground_truth=True)
+            _, scores, default_row = score_split(args, state, model, precision, data)
+            fold_names, checkpoint, epoch = data.names, str(path), state.get("epoch")
+        names += fold_names
         for row, values in scores.items():
             pooled.setdefault(row, []).extend(values)
         means = metrics.confidence_table({default_row: scores[default_row]})[default_row]
-        per_fold.append({"fold": k, "checkpoint": str(path), "n_images": len(data),
-                         "epoch": state.get("epoch"),
+        per_fold.append({"fold": k, "checkpoint": checkpoint, "n_images": len(fold_names),
+                         "epoch": epoch, **({"scores": str(path)} if k in results else {}),
                          **{m: means[m]["mean"] for m in metrics.METRIC_NAMES}})
-        print(f"fold {k}: {len(data)} images, sAUC {means['auc_shuffled']['mean']:.4f}, "
+        print(f"fold {k}: {len(fold_names)} images, sAUC {means['auc_shuffled']['mean']:.4f}, "
               f"AUC-Judd {means['auc_judd']['mean']:.4f} ({path})", flush=True)
     write_results(output_dir, names, pooled, {
         "protocol": f"{dataset.N_FOLDS}-fold cross-validation", "split": "all folds",
-        "inference": args.inference, "folds": per_fold}, default_row)
+        "inference": args.inference, "seed": args.seed, "folds": per_fold}, default_row)
     print(f"\nwrote {output_dir / 'metrics.json'} and {output_dir / 'per_image.csv'}")
 
 

@@ -252,6 +252,16 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
     own = json.loads((tmp_path / "fold3" / "metrics.json").read_text())
     assert summary["folds"][3]["auc_shuffled"] == pytest.approx(own["auc_shuffled"], abs=1e-12)
     assert summary["folds"][3]["n_images"] == own["n_images"] == 2
+    # a fold given as the scores its own evaluation wrote pools to the same figures
+    with_folder = [*map(str, folds[:3]), str(tmp_path / "fold3"), *map(str, folds[4:])]
+    assert evaluation.main([*common, "--folds", *with_folder,
+                            "--output-dir", str(tmp_path / "cv_read")]) == 0
+    read = json.loads((tmp_path / "cv_read" / "metrics.json").read_text())
+    for m in metrics.METRIC_NAMES:
+        assert read[m] == pytest.approx(summary[m], abs=1e-6)
+        assert read["folds"][3][m] == pytest.approx(summary["folds"][3][m], abs=1e-6)
+    assert read["folds"][3]["scores"] == str(tmp_path / "fold3")
+    assert read["folds"][3]["checkpoint"] == str(folds[3]) and read["n_images"] == 20
     with pytest.raises(SystemExit, match="was not trained with --fold 0"):
         evaluation.main([*common, "--folds", *map(str, folds[::-1]),
                          "--output-dir", str(tmp_path / "cv2")])
@@ -260,6 +270,21 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
     with pytest.raises(SystemExit, match="was not trained with --fold 9"):
         evaluation.main([*common, "--folds", *map(str, folds[:9] + folds[8:9]),
                          "--output-dir", str(tmp_path / "cv3")])
+    # scores of another fold, another seed, or with an image missing are refused, unscored
+    wrong_place = [*map(str, folds[:4]), str(tmp_path / "fold3"), *map(str, folds[5:])]
+    (tmp_path / "empty").mkdir()
+    for runs, extra, message in (
+            (wrong_place, [], "holds scores of --split fold3/test, not fold4/test"),
+            (with_folder, ["--seed", "1"], "was scored with --seed 0, not 1: pass --seed 0"),
+            (with_folder[:3] + [str(tmp_path / "empty")] + with_folder[4:], [],
+             "cannot read the scores in .*empty")):
+        with pytest.raises(SystemExit, match=message):
+            evaluation.main([*common, *extra, "--folds", *runs,
+                             "--output-dir", str(tmp_path / "cv5")])
+    lines = (tmp_path / "fold3" / "per_image.csv").read_text().splitlines()
+    (tmp_path / "fold3" / "per_image.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(SystemExit, match="does not score each image of fold 3"):
+        evaluation.main([*common, "--folds", *with_folder, "--output-dir", str(tmp_path / "cv6")])
     shipped["post_processing"] = {"blur_sigma": 0.02, "centre_weight": 0.2}
     torch.save(shipped, folds[9])
     with pytest.raises(SystemExit, match="fold9.pth has post-processing, unlike fold 0"):
@@ -309,7 +334,7 @@ def test_an_unknown_split_is_one_clear_error(tmp_path, split):
 def test_compare_results_pairs_the_images_both_scored(tmp_path, capsys):
     """B varies from image to image and A = B + 0.01 on every shared image: the paired
     difference is exactly 0.01 with no spread, though each side's own CI is wide."""
-    from tools.compare_results import main as compare, paired_differences, read_per_image
+    from tools.compare_results import main as compare, paired_differences, read_row
     b_scores = {f"img{i}": 0.5 + 0.04 * i for i in range(6)}
     a_scores = {name: value + 0.01 for name, value in b_scores.items()} | {"only_in_a": 0.9}
     for folder, scores in (("a", a_scores), ("b", b_scores)):
@@ -320,8 +345,8 @@ def test_compare_results_pairs_the_images_both_scored(tmp_path, capsys):
             for name, value in scores.items():
                 writer.writerow([name, "raw", *[value] * len(metrics.METRIC_NAMES)])
                 writer.writerow([name, "blurred", *[0.0] * len(metrics.METRIC_NAMES)])
-    names, table = paired_differences(read_per_image(tmp_path / "a", "raw"),
-                                      read_per_image(tmp_path / "b", "raw"))
+    names, table = paired_differences(read_row(tmp_path / "a", "raw"),
+                                      read_row(tmp_path / "b", "raw"))
     assert names == sorted(b_scores)
     for m in metrics.METRIC_NAMES:
         assert table[m]["difference"]["mean"] == pytest.approx(0.01)

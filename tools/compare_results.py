@@ -8,7 +8,6 @@ much narrower than the two CIs side by side. Compares the images both scored.
     python -m tools.compare_results results/cv_mrcnns results/cv_adam
 """
 import argparse
-import csv
 import math
 import sys
 from pathlib import Path
@@ -16,22 +15,20 @@ from pathlib import Path
 if not __package__:  # run as python tools/<name>.py: the project's modules are one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from metrics import METRIC_NAMES, confidence_table
+from metrics import METRIC_NAMES, confidence_table, read_per_image
 
 
-def read_per_image(folder, row):
+def read_row(folder, row):
     """test.py output folder -> {image name: {metric: float}} of ``row``; SystemExit if the
     folder has no per_image.csv or no line of that row."""
     path = Path(folder) / "per_image.csv"
     try:
-        with open(path, newline="") as handle:
-            lines = [line for line in csv.DictReader(handle) if line.get("row") == row]
-        scores = {line["image"]: {m: float(line[m]) for m in METRIC_NAMES} for line in lines}
+        scores = read_per_image(path).get(row)
     except OSError as error:
         sys.exit(f"error: cannot read {path} ({error.strerror}). Pass a folder that test.py "
                  f"wrote (its --output-dir).")
-    except (KeyError, ValueError) as error:
-        sys.exit(f"error: {path} is not a per_image.csv of test.py ({error!r}).")
+    except ValueError as error:
+        sys.exit(f"error: {path} is not a per_image.csv of test.py ({error}).")
     if not scores:
         sys.exit(f"error: {path} has no row {row!r}. Pass a --row it has (raw, blurred, ...).")
     return scores
@@ -59,7 +56,7 @@ def main(argv=None):
     parser.add_argument("b", help="test.py output folder B")
     parser.add_argument("--row", default="raw", help="which row of per_image.csv")
     args = parser.parse_args(argv)
-    a, b = read_per_image(args.a, args.row), read_per_image(args.b, args.row)
+    a, b = read_row(args.a, args.row), read_row(args.b, args.row)
     names, table = paired_differences(a, b)
     if not names:
         sys.exit(f"error: {args.a} and {args.b} scored no image in common: nothing to pair.")
