@@ -311,12 +311,12 @@ def cross_validate(args, device, precision, output_dir):
     if len(args.folds) != dataset.N_FOLDS:
         raise UsageError(f"--folds takes the {dataset.N_FOLDS} fold runs (checkpoints or "
                          f"their fold<K>/test scores), fold 0 first (got {len(args.folds)})")
-    results = {}
+    read_scores = {}  # fold -> (summary, names, scores) of a run given as its scores' folder
     for k, path in enumerate(args.folds):  # all checked before minutes of scoring
         if Path(path).is_dir():
-            results[k] = read_fold_results(path, k, args)
-            tuned = "post_processed" in results[k][2]
-        else:
+            read_scores[k] = read_fold_results(path, k, args)
+            tuned = "post_processed" in read_scores[k][2]
+        else:  # read again when scored: ten checkpoints at once would take 0.5 GB
             state = load_checkpoint(path)
             if held_out_fold(state) != k:
                 raise UsageError(f"{path} was not trained with --fold {k} (it comes from a run "
@@ -330,8 +330,9 @@ def cross_validate(args, device, precision, output_dir):
                              f"fold 0: tune all folds or none")
     names, pooled, per_fold = [], {}, []
     for k, path in enumerate(args.folds):
-        if k in results:
-            summary, fold_names, scores = results[k]
+        read = k in read_scores
+        if read:
+            summary, fold_names, scores = read_scores[k]
             default_row, checkpoint, epoch = (summary["default_row"], summary.get("checkpoint"),
                                               summary.get("epoch"))
         else:
@@ -345,7 +346,7 @@ def cross_validate(args, device, precision, output_dir):
             pooled.setdefault(row, []).extend(values)
         means = metrics.confidence_table({default_row: scores[default_row]})[default_row]
         per_fold.append({"fold": k, "checkpoint": checkpoint, "n_images": len(fold_names),
-                         "epoch": epoch, **({"scores": str(path)} if k in results else {}),
+                         "epoch": epoch, **({"scores": str(path)} if read else {}),
                          **{m: means[m]["mean"] for m in metrics.METRIC_NAMES}})
         print(f"fold {k}: {len(fold_names)} images, sAUC {means['auc_shuffled']['mean']:.4f}, "
               f"AUC-Judd {means['auc_judd']['mean']:.4f} ({path})", flush=True)
