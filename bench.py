@@ -21,7 +21,7 @@ import torch
 
 import dataset
 import metrics
-from devices import DEVICES, pick_device, pick_precision
+from devices import DEVICES, keep_freed_memory, pick_device, pick_precision
 from inference import saliency_grid
 from MrCNN import CROP_SIZE, N_SCALES
 from models import build_model
@@ -204,6 +204,7 @@ def main(argv=None):
                   f"test.py {seconds['test_py']:.1f} s")
         return results
     repeats, steps = (5, 8) if args.full else (3, 3)
+    keep_freed_memory()  # as main.py trains
     default_precision = pick_precision("auto", device)
     low = "bf16" if default_precision == "bf16" else "fp16" if device.type == "cuda" else "fp32"
     precisions = ["fp32"] + ([low] if low != "fp32" else [])

@@ -1,6 +1,8 @@
 """Device and precision choices, shared by main.py, test.py and bench.py, and how a worker
 process of a CPU pool starts."""
+import ctypes
 import signal
+import sys
 
 import torch
 
@@ -34,6 +36,23 @@ def autocast_context(device, precision):
     """torch.autocast for 'bf16'/'fp16' on ``device``; a disabled one for 'fp32'."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to keep the memory a process frees for its next allocations rather
+    than hand large blocks back to the kernel, which gives them back zeroed, a page fault per
+    page. A CPU training step frees and allocates hundreds of MB of activations: MrCNN trains
+    about 10% faster with this on a 2-core Intel Xeon. The process keeps its peak memory.
+    Returns whether it took effect (not on other C libraries or systems)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and
+                    libc.mallopt(m_trim_threshold, 2 ** 31 - 1))
+    except (OSError, AttributeError):  # another C library
+        return False
 
 
 def init_pool_worker():

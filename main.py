@@ -29,7 +29,8 @@ import metrics
 from checkpoints import (CheckpointError, capture_rng, held_out_fold, load_checkpoint,
                          load_resumable, model_from_checkpoint, new_run_dir, protocol_name,
                          restore_rng, save_checkpoint)
-from devices import DEVICES, PRECISIONS, autocast_context, pick_device, pick_precision
+from devices import (DEVICES, PRECISIONS, autocast_context, keep_freed_memory, pick_device,
+                     pick_precision)
 from distil import teacher_maps
 from features import FeatureRecorder, log_validation
 from inference import predict_maps
@@ -468,6 +469,7 @@ def main(argv=None):
     args = parse_args(argv)
     check_args(args)
     dataset.show_warnings_plainly()
+    keep_freed_memory()
     command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         return 130 if train(build(args, command))[1] else 0

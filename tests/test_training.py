@@ -3,6 +3,7 @@ the command line and its errors, and tools/train_folds.sh."""
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -454,3 +455,34 @@ def test_the_fold_script_scores_nothing_while_a_fold_is_unfinished(tmp_path):
     assert status == 1 and "fold 4 did not finish" in stdout
     assert not any(call[0] == "test.py" for call in calls)
     assert sum(call[0] == "main.py" for call in calls) == 10
+
+
+
+FREE_64_MB = """
+import sys, torch
+from devices import keep_freed_memory
+if sys.argv[1] == "kept":
+    assert keep_freed_memory()
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2 ** 20
+before = resident_mb()
+activations = torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+held = resident_mb() - before
+del activations
+print(held, resident_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or
+                    platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_freed_memory_is_kept_for_the_next_step_rather_than_handed_back_to_the_kernel():
+    """64 MB of activations freed: malloc's defaults give the block back to the kernel (to be
+    faulted in again, zeroed, by the next step); kept, it stays in the process for reuse."""
+    after_free = {}
+    for mode in ("default", "kept"):
+        result = subprocess.run([sys.executable, "-c", FREE_64_MB, mode], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        held, after_free[mode] = map(float, result.stdout.split())
+        assert held > 60, result.stdout
+    assert after_free["default"] < 10 and after_free["kept"] > 60, after_free
