@@ -457,14 +457,14 @@ def test_the_fold_script_scores_nothing_while_a_fold_is_unfinished(tmp_path):
     assert sum(call[0] == "main.py" for call in calls) == 10
 
 
-
 FREE_64_MB = """
-import sys, torch
+import os, sys, torch
 from devices import keep_freed_memory
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
 def resident_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2 ** 20
+    pages = int(open("/proc/self/statm").read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 before = resident_mb()
 activations = torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
 held = resident_mb() - before
