@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from devices import init_pool_worker
+import metrics
 from metrics import as_binary_map
 from MrCNN import CROP_SIZE
 
@@ -439,13 +440,52 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
     return cached_names, arrays, maps, key, digests
 
 
+def read_fixation_points(data_dir, name):
+    """bool [H, W], True at the fixated pixels of one MIT-layout image (its _fixPts.jpg)."""
+    return as_binary_map(open_grey(Path(data_dir) / MAPS / f"{name}_fixPts.jpg")).numpy()
+
+
 def read_ground_truth(data_dir, name):
     """(bool fixation points [H, W], float density [H, W] in [0, 1]) of one MIT-layout image."""
-    maps_dir = Path(data_dir) / MAPS
-    density = open_grey(maps_dir / f"{name}_fixMap.jpg")
-    points = open_grey(maps_dir / f"{name}_fixPts.jpg")
+    density = open_grey(Path(data_dir) / MAPS / f"{name}_fixMap.jpg")
     top = density.max()
-    return as_binary_map(points).numpy(), density / top if top > 0 else density
+    return read_fixation_points(data_dir, name), density / top if top > 0 else density
+
+
+def _points_of(args):
+    """Worker: (data dir, name) -> that image's fixation points, or None if unreadable."""
+    try:
+        return read_fixation_points(*args)
+    except DatasetError:
+        return None
+
+
+def shuffle_map(data_dir, cache_dir=".cache", workers=None):
+    """The BMS protocols' shuffle map of an MIT-layout folder (metrics.bms_shuffle_map): every
+    image's fixation points resized (nearest) to the folder's most common image size and
+    summed. Kept in ``cache_dir`` under the image cache's key (an edited folder is read again).
+    Returns (float64 tensor [H, W], the number of images in it)."""
+    names, stimuli = mit_layout_names(data_dir)
+    path = Path(cache_dir) / f"shuffle_map_{_cache_key(data_dir, names, stimuli)}.npz"
+    try:
+        with np.load(path) as kept:
+            return torch.from_numpy(kept["counts"].astype(np.float64)), int(kept["n_images"])
+    except (OSError, ValueError, KeyError):
+        pass
+    with Pool(max(1, workers or os.cpu_count() or 1), init_pool_worker) as pool:
+        points = [p for p in pool.map(_points_of, [(str(data_dir), n) for n in names])
+                  if p is not None]
+    if not points:
+        raise DatasetError(f"no readable fixation map in {Path(data_dir) / MAPS}. See README.")
+    counts = metrics.bms_shuffle_map(points, metrics.common_size(p.shape for p in points))
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(tmp, counts=counts.numpy().astype(np.uint32), n_images=len(points))
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache: computed again next time
+        tmp.unlink(missing_ok=True)
+    return counts, len(points)
 
 
 def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=True,

@@ -174,9 +174,9 @@ def _auc_against_negatives(positives, negatives, step_size):
     k = torch.arange(int(n_steps.max()), -1, -1, device=positives.device)
     thresholds = k[:, None].double() * step_size  # (T, 1), high to low, as the reference
     inside = k[:, None] <= n_steps[None, :]  # (T, splits): this split has this threshold
-    tp = 1 - torch.searchsorted(pos_sorted, thresholds.flatten()) / pos_sorted.numel()
+    tp = 1 - torch.searchsorted(pos_sorted, thresholds.flatten()).double() / pos_sorted.numel()
     fp = 1 - torch.searchsorted(neg_sorted.T.contiguous(), thresholds.T.expand(
-        neg_sorted.shape[1], -1).contiguous()).T / neg_sorted.shape[0]
+        neg_sorted.shape[1], -1).contiguous()).T.double() / neg_sorted.shape[0]
     tp = torch.where(inside, tp[:, None], 0.0)
     fp = torch.where(inside, fp, 0.0)
     zeros = torch.zeros(1, tp.shape[1], device=tp.device, dtype=tp.dtype)
@@ -358,7 +358,7 @@ def score_image(saliency_map, fixation_map, density_map, other_map, n_splits=100
     return {name: metric[name]() for name in names}
 
 
-_DATASET = None  # what forked ``evaluate_dataset`` workers read (set only while they run)
+_DATASET = None  # what forked scoring workers read (set only while they run: _map_images)
 
 
 def _score_dataset_image(i):
@@ -373,6 +373,22 @@ def _score_dataset_image(i):
         scores[row] = score_image(saliency, fixations, density, other, n_splits,
                                   rng=[seed, i], names=names)
     return scores
+
+
+def _map_images(score_one, n_images, workers, on_cpu, dataset):
+    """[score_one(i) for i in range(n_images)], with ``dataset`` in ``_DATASET`` for it to read;
+    in ``workers`` forked processes (all cores for None) where the maps are on the CPU and the
+    platform forks, else in this process."""
+    global _DATASET
+    workers = max(1, min(workers or os.cpu_count() or 1, n_images)) if on_cpu else 1
+    _DATASET = dataset
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers, init_pool_worker) as pool:
+                return pool.map(score_one, range(n_images))
+        return [score_one(i) for i in range(n_images)]
+    finally:
+        _DATASET = None
 
 
 def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_splits=100,
@@ -390,21 +406,11 @@ def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_
     ``confidence_table``) and a list of per-image dicts, or, for a dict of rows, both keyed by
     row.
     """
-    global _DATASET
     rows = saliency_maps if isinstance(saliency_maps, dict) else {None: saliency_maps}
     rows = {row: [as_tensor(m).float() for m in maps] for row, maps in rows.items()}
-    n_images = len(fixation_maps)
     on_cpu = all(m.device.type == "cpu" for maps in rows.values() for m in maps)
-    workers = max(1, min(workers or os.cpu_count() or 1, n_images)) if on_cpu else 1
-    _DATASET = (rows, fixation_maps, density_maps, n_others, n_splits, seed, names)
-    try:
-        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            with multiprocessing.get_context("fork").Pool(workers, init_pool_worker) as pool:
-                scores = pool.map(_score_dataset_image, range(n_images))
-        else:
-            scores = [_score_dataset_image(i) for i in range(n_images)]
-    finally:
-        _DATASET = None
+    scores = _map_images(_score_dataset_image, len(fixation_maps), workers, on_cpu,
+                         (rows, fixation_maps, density_maps, n_others, n_splits, seed, names))
     per_image = {row: [image[row] for image in scores] for row in rows}
     means = {row: {name: stats["mean"] for name, stats in metric_stats.items()}
              for row, metric_stats in confidence_table(per_image, names).items()}
@@ -457,3 +463,179 @@ def read_per_image(path):
                 raise ValueError(f"line {reader.line_num} is not a row of numbers")
             scores.setdefault(line["row"], {})[line["image"]] = values
     return scores
+
+
+# --------------------------------------------------------------------------------------------
+# Literature protocols: shuffled AUC as Zhang & Sclaroff's BMS code scores it (computeMeanAUC.m,
+# calcAUCscore.m, auc.m; ICCV 2013 and its 2014 release), which the saliency papers of
+# 2013-2016, Liu et al. 2015 among them, report. It differs from AUC_shuffled.m above in how the
+# negatives are drawn, in the common size every map is compared at, in a blur of the saliency
+# map and in the finer threshold grid, and the papers report the best blur for each method.
+
+BMS_PROTOCOLS = {"bms2014": "negatives drawn with probability proportional to the shuffle map",
+                 "bms2013": "negatives drawn uniformly where the shuffle map is non-zero"}
+BMS_SIGMAS = tuple(k / 100 for k in range(13))  # blur scales the papers searched, 0 .. 0.12
+BMS_STEP = 0.01  # ROC threshold step of the BMS auc.m
+
+
+def resize_nearest(binary_map, shape):
+    """MATLAB's ``imresize(map, shape, 'nearest')`` of a 2-D map (no antialiasing): output pixel
+    i takes input pixel floor((i + 0.5) * in / out) along each axis. Returns a bool tensor."""
+    fix = as_binary_map(binary_map)
+    (h, w), (out_h, out_w) = fix.shape, shape
+    rows = ((torch.arange(out_h) + 0.5) * h / out_h).long().clamp_max(h - 1)
+    cols = ((torch.arange(out_w) + 0.5) * w / out_w).long().clamp_max(w - 1)
+    return fix[rows.to(fix.device)][:, cols.to(fix.device)]
+
+
+def common_size(shapes):
+    """The most common (H, W) among ``shapes`` (the first of equals): the size at which the BMS
+    protocols compare every image's maps."""
+    counts = {}
+    for shape in shapes:
+        counts[tuple(shape)] = counts.get(tuple(shape), 0) + 1
+    return max(counts, key=counts.get)
+
+
+def bms_shuffle_map(fixation_maps, shape):
+    """The BMS shuffle map: binary fixation maps (any sizes), each resized (nearest) to ``shape``
+    and summed. Returns a float64 [H, W] tensor (fixations per pixel)."""
+    total = torch.zeros(tuple(shape), dtype=torch.float64)
+    for fixation_map in fixation_maps:
+        total += resize_nearest(fixation_map, shape).cpu()
+    return total
+
+
+def _axis_resize(n_in, n_out):
+    """``resize_map`` along one axis as a float64 matrix [n_out, n_in]: the resize is linear and
+    separable, so resizing the identity image's columns (its rows keep their size) gives it."""
+    eye = torch.eye(n_in, dtype=torch.float64)[None, None]
+    return F.interpolate(eye, size=(n_out, n_in), mode="bicubic", align_corners=False,
+                         antialias=True)[0, 0]
+
+
+def _axis_blur(n, s):
+    """The BMS code's blur along one axis of length n as a float64 matrix [n, n]:
+    ``imfilter(x, fspecial('gaussian', [2s 2s], s), 'replicate')``, whose kernel has an even
+    width and so, as in MATLAB, reaches s - 1 pixels back and s forward; fspecial's 2-D kernel
+    is the outer product of this 1-D one, so the blur is one matrix per axis."""
+    if s == 0:
+        return torch.eye(n, dtype=torch.float64)
+    offsets = torch.arange(-(s - 1), s + 1)
+    kernel = torch.exp(-(offsets - 0.5).double() ** 2 / (2 * s * s))
+    rows = torch.arange(n)[:, None].expand(n, 2 * s)
+    columns = (rows + offsets).clamp(0, n - 1)  # replicate: the border pixel stands in
+    blur = torch.zeros(n, n, dtype=torch.float64)
+    blur.index_put_((rows, columns), (kernel / kernel.sum()).expand(n, 2 * s), accumulate=True)
+    return blur
+
+
+_BMS_OPERATORS = {}  # (n_in, n_out, s) -> the resize-then-blur matrix of one axis
+
+
+def bms_blurred(saliency, shape, sigma):
+    """A saliency map [h, w] resized to ``shape`` (H, W) as ``resize_map`` does, then blurred as
+    the BMS code does with s = round(max(H, W) * sigma) pixels (0: no blur). Both steps are
+    linear and separable, so this is two small matrix products. Returns float64 [H, W]."""
+    s = round(max(shape) * sigma)
+    operators = []
+    for n_in, n_out in zip(saliency.shape, shape):
+        key = (n_in, n_out, s)
+        if key not in _BMS_OPERATORS:
+            _BMS_OPERATORS[key] = _axis_blur(n_out, s) @ _axis_resize(n_in, n_out)
+        operators.append(_BMS_OPERATORS[key].to(saliency.device))
+    return operators[0] @ saliency.double() @ operators[1].T
+
+
+def bms_shuffled_auc(saliency_map, fixation_map, shuffle_map, sigmas=(0.0,),
+                     protocols=tuple(BMS_PROTOCOLS), n_draws=100, step_size=BMS_STEP, rng=None):
+    """Shuffled AUC as the BMS code computes it, for each protocol and blur scale.
+
+    saliency_map: (H', W') any scale; fixation_map: binary (H'', W''), resized (nearest) to the
+    shuffle map's size (H, W); shuffle_map: ``bms_shuffle_map`` of the dataset. The saliency
+    map is resized to (H, W) (bicubic, as imresize) and blurred (``bms_blurred``), shifted to a
+    minimum of 0 and divided by its maximum (a constant map stays 0 and scores 0.5). Positives
+    are the image's fixated pixels; the shuffle map with them zeroed gives ``n_draws`` draws of
+    as many negatives, with replacement: 'bms2014' draws a pixel with probability proportional
+    to its value, 'bms2013' uniformly among its non-zero pixels (an empty one: any pixel). Each
+    draw's ROC uses thresholds 0, step, 2 step, ... up to the largest value, plus (0, 0); the
+    areas are averaged over draws. A protocol's draws serve every sigma. Returns {protocol:
+    list of floats, one per sigma} (NaN where undefined, as the other metrics).
+    """
+    unknown = set(protocols) - set(BMS_PROTOCOLS)
+    if unknown:
+        raise ValueError(f"unknown protocol {sorted(unknown)[0]!r}: choose from "
+                         f"{', '.join(BMS_PROTOCOLS)}")
+    undefined = {protocol: [float("nan")] * len(sigmas) for protocol in protocols}
+    shuffle = as_tensor(shuffle_map)
+    device = saliency_map.device if isinstance(saliency_map, torch.Tensor) else None
+    sal = as_tensor(saliency_map, device)
+    if sal.ndim != 2:
+        raise ValueError(f"a saliency map must be 2-D (H, W); got shape {tuple(sal.shape)}")
+    fix = resize_nearest(fixation_map, tuple(shuffle.shape)).to(sal.device).flatten()
+    if not fix.any():
+        warnings.warn("BMS shuffled AUC: the fixation map has no fixations; returning NaN",
+                      stacklevel=2)
+        return undefined
+    sal = _finite(sal, "BMS shuffled AUC")
+    if sal is None:
+        return undefined
+    weights = (shuffle.flatten().cpu() * ~fix.cpu()).numpy()
+    support = np.flatnonzero(weights > 0)
+    if support.size == 0:  # as the BMS code: no other fixation, so any pixel is a negative
+        support, weights = np.arange(weights.size), np.ones(weights.size)
+    n_pos, generator = int(fix.sum()), _rng(rng)
+    negatives = {}
+    for protocol in protocols:
+        if protocol == "bms2014":
+            cumulative = np.cumsum(weights[support])
+            draws = np.searchsorted(cumulative, generator.random(n_pos * n_draws)
+                                    * cumulative[-1], side="right").clip(max=support.size - 1)
+        else:
+            draws = generator.integers(0, support.size, n_pos * n_draws)
+        negatives[protocol] = torch.from_numpy(support[draws].reshape(n_draws, n_pos).T.copy())
+    scores = {protocol: [] for protocol in protocols}
+    rounding = 1e-12 * float(sal.abs().max())  # what the blur's sums leave on a constant map
+    for sigma in sigmas:
+        values = bms_blurred(sal, tuple(shuffle.shape), sigma).flatten()
+        values = values - values.min()
+        top = values.max()
+        values = values / top if top > rounding else torch.zeros_like(values)
+        for protocol in protocols:
+            scores[protocol].append(_auc_against_negatives(
+                values[fix], values[negatives[protocol].to(values.device)], step_size))
+    return scores
+
+
+def _score_bms_image(i):
+    maps, fixation_maps, shuffle_map, sigmas, n_draws, seed = _DATASET
+    return bms_shuffled_auc(maps[i], fixation_maps[i], shuffle_map, sigmas,
+                            n_draws=n_draws, rng=[seed, i])
+
+
+def bms_dataset_scores(saliency_maps, fixation_maps, shuffle_map, sigmas=BMS_SIGMAS,
+                       n_draws=100, seed=0, workers=1):
+    """Every image of a dataset under both BMS protocols: lists of saliency maps (any size) and
+    binary fixation maps, the dataset's ``bms_shuffle_map``. Image i's draws are seeded with
+    ``[seed, i]``, so the scores do not depend on ``workers`` (as ``evaluate_dataset``).
+    Returns {protocol: float64 array [n_images, len(sigmas)]}."""
+    maps = [as_tensor(m) for m in saliency_maps]
+    scores = _map_images(_score_bms_image, len(maps), workers,
+                         all(m.device.type == "cpu" for m in maps),
+                         (maps, fixation_maps, as_tensor(shuffle_map), sigmas, n_draws, seed))
+    return {protocol: np.array([image[protocol] for image in scores], dtype=np.float64)
+            .reshape(len(maps), len(sigmas)) for protocol in BMS_PROTOCOLS}
+
+
+def bms_summary(scores, sigmas=BMS_SIGMAS):
+    """{protocol: per-image scores [n, len(sigmas)]} -> {protocol: {'sigmas', 'means' (over
+    the images with a finite value), 'best_sigma', 'best'}}: the best sigma is chosen on the
+    scored images themselves, as the papers did."""
+    summary = {}
+    for protocol, values in scores.items():
+        means = [float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
+                 for column in np.asarray(values, dtype=np.float64).reshape(-1, len(sigmas)).T]
+        best = int(np.nanargmax(means)) if np.isfinite(means).any() else 0
+        summary[protocol] = {"sigmas": list(sigmas), "means": means,
+                             "best_sigma": sigmas[best], "best": means[best]}
+    return summary

@@ -30,6 +30,7 @@ from inference import MODES, centre_bias_map, post_process, predict_maps, salien
 from main import HelpFormatter
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint" / "pretrained" / "MrCNN.pth"
+RAW_MAPS = "raw_maps.npz"  # the raw grid maps of a scored split, beside its scores
 BLUR_SIGMAS = (0.0, 0.02, 0.04, 0.06)
 CENTRE_WEIGHTS = (0.0, 0.2, 0.4, 0.6)
 
@@ -137,6 +138,59 @@ def print_table(table, n_images):
         print(f"{row:16s}{cells}")
 
 
+LITERATURE_ROWS = ("raw", "centre_bias")  # the rows scored under the BMS protocols too
+PROTOCOL_LABELS = {"bms2014": "BMS code, 2014", "bms2013": "BMS code, ICCV 2013"}
+
+
+def literature(args, rows, fixations):
+    """Shuffled AUC of the LITERATURE_ROWS of ``rows`` ({row: maps}) under the BMS protocols
+    (metrics.bms_shuffled_auc), whose shuffle map holds every image of --data-dir: {'size',
+    'shuffle_images', 'rows': {row: metrics.bms_summary}}, or None for data that is not in the
+    MIT layout (said so)."""
+    if dataset.is_coursework_dir(args.data_dir):
+        print("note: no literature-protocol block: it needs the MIT layout's fixation points")
+        return None
+    shuffle, n_images = dataset.shuffle_map(args.data_dir, args.cache_dir, args.worker_count)
+    scored = [row for row in LITERATURE_ROWS if row in rows]
+    print(f"scoring {len(fixations)} images x {len(scored)} rows with the BMS protocols",
+          flush=True)
+    return {"size": list(shuffle.shape), "shuffle_images": n_images, "rows": {
+        row: metrics.bms_summary(metrics.bms_dataset_scores(
+            rows[row], fixations, shuffle, seed=args.seed, workers=args.worker_count))
+        for row in scored}}
+
+
+def print_literature(block, data_dir):
+    height, width = block["size"]
+    print(f"\nshuffled AUC as the 2013-2016 papers scored it (Zhang & Sclaroff's BMS code): maps "
+          f"compared at {width}x{height}\n(the most common image size) against the fixations of "
+          f"the {block['shuffle_images']} images of {data_dir}; 'best' is the blur s\n(a "
+          f"fraction of the image size) chosen on these same images, as the papers did")
+    print(f"{'':16s}" + "".join(f"{PROTOCOL_LABELS[p]:>30s}" for p in metrics.BMS_PROTOCOLS))
+    print(f"{'':16s}" + f"{'s = 0':>15s}{'best':>8s}{'(s)':>6s} " * len(metrics.BMS_PROTOCOLS))
+    for row, summary in block["rows"].items():
+        print(f"{row:16s}" + "".join(
+            f"{summary[p]['means'][0]:>15.4f}{summary[p]['best']:>8.4f} "
+            f"({summary[p]['best_sigma']:.2f})" for p in metrics.BMS_PROTOCOLS))
+
+
+def save_raw_maps(path, names, maps):
+    """Keep a run's raw grid maps small: ``names`` and maps (each [G, G] in [0, 1]) -> one
+    compressed .npz of 'names' and float16 'maps' [N, G, G]."""
+    np.savez_compressed(path, names=np.array(names, dtype=str), maps=np.stack(
+        [np.asarray(torch.as_tensor(m).float().cpu(), dtype=np.float16) for m in maps]))
+
+
+def load_raw_maps(path):
+    """A file written by ``save_raw_maps`` -> (names, float32 maps [N, G, G]); OSError or
+    ValueError where it is not one."""
+    with np.load(path, allow_pickle=False) as kept:
+        names, maps = [str(n) for n in kept["names"]], kept["maps"].astype(np.float32)
+    if maps.ndim != 3 or len(maps) != len(names) or not np.isfinite(maps).all():
+        raise ValueError(f"{path} does not hold one finite [G, G] map per name")
+    return names, maps
+
+
 def save_png(array, path):
     """float [H, W] in [0, 1] -> 8-bit grey PNG."""
     Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
@@ -216,16 +270,26 @@ def strict_json(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_results(output_dir, names, scores, summary, default_row):
+def write_results(output_dir, names, scores, summary, default_row, literature_block=None,
+                  data_dir=None):
     """metrics.json (``summary``, the default row's means, and mean / std / 95% CI of every row;
-    null where undefined) and per_image.csv; prints the table. Returns the table."""
+    null where undefined; the BMS protocols' ``literature_block`` as 'literature', the raw
+    row's, and 'literature_rows', every row's) and per_image.csv; prints the table and the
+    block. Returns the table."""
     table = metrics.confidence_table(scores)
     summary = {**summary, "n_images": len(names), "default_row": default_row,
                **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES}, "rows": table}
+    if literature_block is not None:
+        first = next(iter(literature_block["rows"].values()))
+        summary |= {"literature": {**first, "size": literature_block["size"],
+                                   "shuffle_images": literature_block["shuffle_images"]},
+                    "literature_rows": literature_block["rows"]}
     (output_dir / "metrics.json").write_text(json.dumps(strict_json(summary), indent=2,
                                                         allow_nan=False))
     metrics.write_per_image(output_dir / "per_image.csv", names, scores)
     print_table(table, len(names))
+    if literature_block is not None:
+        print_literature(literature_block, data_dir)
     return table
 
 
@@ -246,9 +310,12 @@ def evaluate(args, state, model, precision, output_dir):
         warnings.warn(warning)
     rows, scores, default_row = score_split(args, state, model, precision, data)
     post = state.get("post_processing")
+    block = literature(args, rows, data.fixations) if len(data) > 1 else None
     write_results(output_dir, data.names, scores, {
         "checkpoint": str(args.checkpoint), "epoch": state.get("epoch"), "split": args.split,
-        "inference": args.inference, "seed": args.seed, "post_processing": post}, default_row)
+        "inference": args.inference, "seed": args.seed, "post_processing": post}, default_row,
+        block, args.data_dir)
+    save_raw_maps(output_dir / RAW_MAPS, data.names, rows["raw"])
     stimuli = Path(args.data_dir) / dataset.STIMULI
 
     def source_image(i):
@@ -266,14 +333,16 @@ def evaluate(args, state, model, precision, output_dir):
         for i, name in enumerate(data.names):
             save_png(full_size(rows["raw"][i], post, *data.fixations[i].shape),
                      output_dir / "maps" / f"{name}.png")
-    print(f"\nwrote {output_dir / 'metrics.json'}, {output_dir / 'per_image.csv'} and "
+    print(f"\nwrote {output_dir / 'metrics.json'}, {output_dir / 'per_image.csv'}, "
+          f"{output_dir / RAW_MAPS} (the raw maps, for scoring again) and "
           f"{output_dir / 'best_worst.png'}")
 
 
 def read_fold_results(folder, k, args):
     """A folder that ``test.py --split fold<k>/test`` wrote -> (its metrics.json summary, its
-    image names, {row: per-image metric dicts}); UsageError where it is not fold k's held-out
-    images scored as ``args`` would score them."""
+    image names, {row: per-image metric dicts}, its raw maps [N, G, G] or None where it keeps
+    none); UsageError where it is not fold k's held-out images scored as ``args`` would score
+    them."""
     folder = Path(folder)
     redo = (f"Pass the folder that test.py --split fold{k}/test --output-dir wrote for fold "
             f"{k}'s run, or that run's checkpoint.")
@@ -300,7 +369,17 @@ def read_fold_results(folder, k, args):
             any(list(per_image) != names for per_image in scores.values()):
         raise UsageError(f"{folder}/per_image.csv does not score each image of fold {k} "
                          f"(splits/mit1003_folds{dataset.N_FOLDS}.txt) once in every row. {redo}")
-    return summary, names, {row: list(per_image.values()) for row, per_image in scores.items()}
+    maps = None
+    if (folder / RAW_MAPS).exists():
+        try:
+            map_names, maps = load_raw_maps(folder / RAW_MAPS)
+        except (OSError, ValueError, KeyError) as error:
+            raise UsageError(f"cannot read the raw maps {folder / RAW_MAPS} ({error}). {redo}")
+        if map_names != names:
+            raise UsageError(f"{folder / RAW_MAPS} holds the maps of other images than "
+                             f"{folder}/per_image.csv scores. {redo}")
+    return (summary, names, {row: list(per_image.values()) for row, per_image in scores.items()},
+            maps)
 
 
 def cross_validate(args, device, precision, output_dir):
@@ -328,20 +407,25 @@ def cross_validate(args, device, precision, output_dir):
         elif tuned != fold0_tuned:
             raise UsageError(f"{path} {'has' if tuned else 'lacks'} post-processing, unlike "
                              f"fold 0: tune all folds or none")
-    names, pooled, per_fold = [], {}, []
+    names, pooled, per_fold, raw_maps, without_maps = [], {}, [], [], []
     for k, path in enumerate(args.folds):
         read = k in read_scores
         if read:
-            summary, fold_names, scores = read_scores[k]
+            summary, fold_names, scores, maps = read_scores[k]
             default_row, checkpoint, epoch = (summary["default_row"], summary.get("checkpoint"),
                                               summary.get("epoch"))
         else:
             state, model = load_model(path, device)
             data = dataset.load_mit(args.data_dir, f"fold{k}/test", args.cache_dir,
                                     args.worker_count, ground_truth=True)
-            _, scores, default_row = score_split(args, state, model, precision, data)
+            rows, scores, default_row = score_split(args, state, model, precision, data)
             fold_names, checkpoint, epoch = data.names, str(path), state.get("epoch")
+            maps = rows["raw"]
         names += fold_names
+        if maps is None:
+            without_maps.append(str(k))
+        else:
+            raw_maps.extend(maps)
         for row, values in scores.items():
             pooled.setdefault(row, []).extend(values)
         means = metrics.confidence_table({default_row: scores[default_row]})[default_row]
@@ -350,10 +434,25 @@ def cross_validate(args, device, precision, output_dir):
                          **{m: means[m]["mean"] for m in metrics.METRIC_NAMES}})
         print(f"fold {k}: {len(fold_names)} images, sAUC {means['auc_shuffled']['mean']:.4f}, "
               f"AUC-Judd {means['auc_judd']['mean']:.4f} ({path})", flush=True)
+    block = None
+    if without_maps:
+        print(f"note: no literature-protocol block: the folders of fold "
+              f"{', '.join(without_maps)} keep no {RAW_MAPS}")
+    elif not Path(args.data_dir, dataset.STIMULI).is_dir():
+        print(f"note: no literature-protocol block: it reads the fixations in --data-dir "
+              f"({args.data_dir} is not the MIT1003 folder)")
+    else:
+        fixations = [dataset.read_fixation_points(args.data_dir, name) for name in names]
+        block = literature(args, {"raw": raw_maps, "centre_bias": [centre_bias_map()] * len(
+            names)}, fixations)
     write_results(output_dir, names, pooled, {
         "protocol": f"{dataset.N_FOLDS}-fold cross-validation", "split": "all folds",
-        "inference": args.inference, "seed": args.seed, "folds": per_fold}, default_row)
-    print(f"\nwrote {output_dir / 'metrics.json'} and {output_dir / 'per_image.csv'}")
+        "inference": args.inference, "seed": args.seed, "folds": per_fold}, default_row,
+        block, args.data_dir)
+    if not without_maps:
+        save_raw_maps(output_dir / RAW_MAPS, names, raw_maps)
+    print(f"\nwrote {output_dir / 'metrics.json'} and {output_dir / 'per_image.csv'}"
+          f"{'' if without_maps else ' and ' + str(output_dir / RAW_MAPS)}")
 
 
 OUTPUT_SUFFIXES = ("_saliency.png", "_overlay.png")

@@ -12,7 +12,7 @@ from PIL import Image
 import dataset
 import metrics
 from checkpoints import load_checkpoint, model_from_checkpoint
-from conftest import PRETRAINED, ROOT, write_mit_folder
+from conftest import PRETRAINED, ROOT, require_mit1003, write_mit_folder
 
 
 @pytest.mark.parametrize("name, n_parameters", [("MrCNN", 6_473_153), ("MrCNNs", 2_682_689)])
@@ -77,6 +77,18 @@ def test_evaluation_of_an_mit_layout_folder_writes_every_output(tmp_path):
     for name in ("a", "b", "c"):
         assert Image.open(out / "maps" / f"{name}.png").size == (80, 60)
     assert "centre_bias" in result.stdout and "+-" in result.stdout
+    literature = summary["literature"]  # the raw row under the BMS protocols, at 80x60
+    assert literature["size"] == [60, 80] and literature["shuffle_images"] == 3
+    for protocol in metrics.BMS_PROTOCOLS:
+        block = literature[protocol]
+        assert block["sigmas"] == list(metrics.BMS_SIGMAS) and len(block["means"]) == 13
+        assert block["best"] == max(block["means"]) and 0 <= block["best"] <= 1
+        assert block["best_sigma"] == block["sigmas"][block["means"].index(block["best"])]
+    assert summary["literature_rows"]["raw"] == {p: literature[p] for p in metrics.BMS_PROTOCOLS}
+    assert set(summary["literature_rows"]) == {"raw", "centre_bias"}
+    assert "BMS code, ICCV 2013" in result.stdout
+    names, maps = load_test_py().load_raw_maps(out / "raw_maps.npz")
+    assert names == ["a", "b", "c"] and maps.shape == (3, 50, 50) and maps.dtype == np.float32
 
 
 def test_a_one_image_split_says_why_it_has_no_confidence_interval_and_no_shuffled_auc(tmp_path):
@@ -262,6 +274,17 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
         assert read["folds"][3][m] == pytest.approx(summary["folds"][3][m], abs=1e-6)
     assert read["folds"][3]["scores"] == str(tmp_path / "fold3")
     assert read["folds"][3]["checkpoint"] == str(folds[3]) and read["n_images"] == 20
+    # the BMS protocols pool the folds' raw maps, kept (float16) or just predicted, alike
+    for protocol in metrics.BMS_PROTOCOLS:
+        assert read["literature"][protocol]["means"] == pytest.approx(
+            summary["literature"][protocol]["means"], abs=0.002)
+    kept_names, kept = evaluation.load_raw_maps(tmp_path / "cv" / "raw_maps.npz")
+    assert kept_names == [r["image"] for r in pooled] and kept.shape == (20, 50, 50)
+    (tmp_path / "fold3" / "raw_maps.npz").rename(tmp_path / "fold3_maps.npz")
+    assert evaluation.main([*common, "--folds", *with_folder,
+                            "--output-dir", str(tmp_path / "cv_no_maps")]) == 0
+    assert "literature" not in json.loads((tmp_path / "cv_no_maps" / "metrics.json").read_text())
+    (tmp_path / "fold3_maps.npz").rename(tmp_path / "fold3" / "raw_maps.npz")
     with pytest.raises(SystemExit, match="was not trained with --fold 0"):
         evaluation.main([*common, "--folds", *map(str, folds[::-1]),
                          "--output-dir", str(tmp_path / "cv2")])
@@ -290,6 +313,30 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
     with pytest.raises(SystemExit, match="fold9.pth has post-processing, unlike fold 0"):
         evaluation.main([*common, "--folds", *map(str, folds), "--output-dir",
                          str(tmp_path / "cv4")])
+
+
+# What the BMS code's MATLAB (computeMeanAUC.m with calcAUCscore.m, 2014 release, and
+# calcAUCscore_old.m, ICCV 2013) gives for the shipped MrCNN's raw test-split maps, at s = 0 and
+# at the best s (0.03-0.04 for the 2014 code, 0.03 for the 2013 one).
+BMS_CODE_VALUES = {"bms2014": (0.7000, 0.7023), "bms2013": (0.7082, 0.7108)}
+
+
+def test_bms_protocols_on_the_shipped_mrcnns_kept_test_maps_reproduce_the_bms_code(tmp_path):
+    root = require_mit1003()
+    kept = ROOT / "docs" / "test_split" / "MrCNN"
+    names, maps = load_test_py().load_raw_maps(kept / "raw_maps.npz")
+    assert sorted(names) == dataset.read_split("test")
+    shuffle, n_images = dataset.shuffle_map(root, tmp_path / "cache")
+    assert tuple(shuffle.shape) == (768, 1024) and n_images == 1003
+    fixations = [dataset.read_fixation_points(root, name) for name in names]
+    scored = metrics.bms_summary(metrics.bms_dataset_scores(maps, fixations, shuffle, workers=2))
+    literature = json.loads((kept / "metrics.json").read_text())["literature"]
+    for protocol, (no_blur, best) in BMS_CODE_VALUES.items():
+        assert scored[protocol]["means"] == pytest.approx(literature[protocol]["means"],
+                                                          abs=0.002)  # float16 maps kept
+        assert scored[protocol]["means"][0] == pytest.approx(no_blur, abs=0.004)
+        assert scored[protocol]["best"] == pytest.approx(best, abs=0.004)
+        assert 0.02 <= scored[protocol]["best_sigma"] <= 0.05
 
 
 def test_a_model_is_scored_only_where_its_run_held_the_images_out(tmp_path, monkeypatch):

@@ -213,3 +213,111 @@ def test_evaluate_dataset_scores_device_maps_as_it_scores_numpy_maps(device):
     for a, b in zip(plain, moved):
         for metric in metrics.METRIC_NAMES:
             assert b[metric] == pytest.approx(a[metric], abs=1e-9), metric
+
+
+# ------------------------------------------------------------------ BMS (literature) protocols
+def bms(saliency, fixations, shuffle, sigmas=(0.0,), **kwargs):
+    return metrics.bms_shuffled_auc(saliency, fixations, shuffle, sigmas, **kwargs)
+
+
+def test_bms_hand_made_case_counts_values_within_one_threshold_step_as_ties():
+    """Positives 0.2, 1.0 and 0.305 against the one negative pixel, 0.304, three times: at the
+    thresholds 0, 0.01, ... the ROC points are (1, 1), (1, 2/3) up to 0.30, (0, 1/3) from 0.31
+    on, then (0, 0), an area of 1/2 (a pairwise count would give 2/3: 0.305 beats 0.304 by
+    less than a step)."""
+    saliency = np.array([[0.2, 1.0, 0.305, 0.304, 0.0, 0.0]])
+    fixations = np.array([[1, 1, 1, 0, 0, 0]], dtype=bool)
+    shuffle = np.array([[5.0, 5.0, 5.0, 1.0, 0.0, 0.0]])  # the image's own pixels are dropped
+    scores = bms(saliency, fixations, shuffle)
+    assert scores == {"bms2014": [pytest.approx(0.5, abs=1e-12)],
+                      "bms2013": [pytest.approx(0.5, abs=1e-12)]}
+
+
+def test_bms_perfect_and_constant_maps_score_one_and_one_half():
+    rng = np.random.default_rng(0)
+    fixations = rng.random((30, 40)) < 0.02
+    shuffle = (rng.random((30, 40)) < 0.3) * rng.integers(1, 5, (30, 40)).astype(float)
+    perfect = bms(fixations.astype(float), fixations, shuffle, sigmas=(0.0,))
+    constant = bms(np.full((30, 40), 0.7), fixations, shuffle, sigmas=(0.0, 0.05))
+    for protocol in metrics.BMS_PROTOCOLS:
+        assert perfect[protocol] == [pytest.approx(1.0)]
+        assert constant[protocol] == [pytest.approx(0.5), pytest.approx(0.5)]
+
+
+def test_bms2014_scores_the_shuffle_maps_own_density_at_chance_and_bms2013_does_not():
+    """Every image's fixations drawn from one centre-biased density: a map equal to that density
+    tells nothing beyond where people look anyway, so under negatives drawn in proportion to the
+    shuffle map (2014) it scores 0.5; under negatives uniform over the shuffle map's support
+    (2013) the centre bias pays."""
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[0:60, 0:80]
+    density = np.exp(-((rows - 30) ** 2 + (cols - 40) ** 2) / (2 * 12.0 ** 2))
+    p = (density / density.sum()).ravel()
+    images = []
+    for _ in range(200):
+        points = np.zeros(60 * 80, dtype=bool)
+        points[rng.choice(60 * 80, size=40, p=p)] = True
+        images.append(points.reshape(60, 80))
+    shuffle = metrics.bms_shuffle_map(images, (60, 80))
+    scores = [bms(density, images[i], shuffle, rng=i) for i in range(20)]
+    assert np.mean([s["bms2014"][0] for s in scores]) == pytest.approx(0.5, abs=0.02)
+    assert np.mean([s["bms2013"][0] for s in scores]) > 0.55
+
+
+def test_bms2013_draws_uniformly_over_the_shuffle_support_and_bms2014_by_weight():
+    """One fixation (value 0.5) against one negative per draw: pixel A (value 1, weight 1) or B
+    (value 0, weight 99). A draw of A scores 0, of B 1, so the mean is the share of B draws."""
+    saliency = np.array([[0.5, 1.0, 0.0]])
+    fixations = np.array([[True, False, False]])
+    shuffle = np.array([[0.0, 1.0, 99.0]])
+    scores = bms(saliency, fixations, shuffle, n_draws=20000)
+    assert scores["bms2014"][0] == pytest.approx(0.99, abs=0.005)
+    assert scores["bms2013"][0] == pytest.approx(0.5, abs=0.02)
+
+
+def test_bms_blur_is_matlabs_imfilter_of_an_even_fspecial_kernel_with_replicated_borders():
+    rng = np.random.default_rng(2)
+    x = rng.random((30, 40))
+    s = round(40 * 0.1)  # 4 pixels: the kernel is 8 x 8, reaching 3 back and 4 forward
+    k = np.exp(-((np.arange(2 * s) - (s - 0.5)) ** 2) / (2 * s * s))
+    kernel = np.outer(k, k) / np.outer(k, k).sum()
+    padded = np.pad(x, ((s - 1, s), (s - 1, s)), mode="edge")
+    expected = np.array([[(padded[i:i + 2 * s, j:j + 2 * s] * kernel).sum() for j in range(40)]
+                         for i in range(30)])
+    assert np.abs(metrics.bms_blurred(torch.from_numpy(x), (30, 40), 0.1).numpy()
+                  - expected).max() < 1e-12
+    small = torch.rand(7, 9, dtype=torch.float64)  # s = 0: the resize alone, as resize_map
+    for shape in ((30, 40), (5, 4)):
+        assert torch.allclose(metrics.bms_blurred(small, shape, 0.0),
+                              metrics.resize_map(small, shape), atol=1e-12)
+
+
+def test_bms_nearest_resize_and_shuffle_map_follow_matlab():
+    points = np.zeros((2, 3), dtype=bool)
+    points[0, 1] = points[1, 2] = True
+    up = metrics.resize_nearest(points, (4, 6)).numpy()  # each pixel becomes a 2 x 2 block
+    assert (up == np.kron(points, np.ones((2, 2), dtype=bool))).all()
+    assert metrics.resize_nearest(up, (2, 3)).numpy().tolist() == points.tolist()
+    assert metrics.common_size([(2, 3), (4, 6), (2, 3)]) == (2, 3)
+    shuffle = metrics.bms_shuffle_map([points, up], (2, 3))
+    assert shuffle.numpy().tolist() == (2 * points).astype(float).tolist()
+
+
+def test_bms_undefined_cases_are_nan_or_a_clear_error_and_workers_change_nothing():
+    rng = np.random.default_rng(3)
+    shuffle = rng.random((20, 30))
+    fixations = [rng.random((20, 30)) < 0.05 for _ in range(4)]
+    with pytest.warns(UserWarning, match="no fixations"):
+        assert np.isnan(bms(rng.random((5, 5)), np.zeros((20, 30), bool), shuffle)["bms2014"][0])
+    with pytest.warns(UserWarning, match="NaN or infinite"):
+        assert np.isnan(bms(np.full((5, 5), np.nan), fixations[0], shuffle)["bms2013"][0])
+    with pytest.raises(ValueError, match="must be 2-D"):
+        bms(rng.random((2, 5, 5)), fixations[0], shuffle)
+    maps = [rng.random((6, 6)) for _ in range(4)]
+    one, two = (metrics.bms_dataset_scores(maps, fixations, shuffle, sigmas=(0.0, 0.1),
+                                           workers=w) for w in (1, 2))
+    for protocol in metrics.BMS_PROTOCOLS:
+        assert one[protocol].shape == (4, 2) and np.array_equal(one[protocol], two[protocol])
+    summary = metrics.bms_summary({"bms2014": np.array([[0.6, 0.7], [0.6, 0.5]])}, (0.0, 0.1))
+    assert summary["bms2014"] == {"sigmas": [0.0, 0.1], "means": [pytest.approx(0.6)] * 2,
+                                  "best_sigma": 0.0, "best": pytest.approx(0.6)}
