@@ -152,6 +152,94 @@ def new_run_dir(checkpoint_dir, name, numbered=True):
                      f"another --run-name, or --resume one of its checkpoints.")
 
 
+# The resume rules. NOT_RESUMED: how a run was started and on which machine, not taken from
+# the checkpoint. FIXED_ON_RESUME: what a run's saved state (weights, optimiser, schedule,
+# data, RNG) was built with: a resumed run cannot change it, and would otherwise ignore the new
+# value while recording it.
+NOT_RESUMED = ("resume", "init_from", "worker_count")
+FIXED_ON_RESUME = ("model", "batch_norm", "dropout", "optimizer", "learning_rate",
+                   "weight_decay", "lr_schedule", "fold", "seed")
+
+
+def refuse_changed_flags(args, saved):
+    """SystemExit naming every FIXED_ON_RESUME flag of ``args`` (main.py's arguments) that
+    differs from ``saved``, the resumed run's own arguments."""
+    shown = lambda v: "on" if v is True else "off" if v is False else "none" if v is None else v
+    changed = [f"--{k.replace('_', '-')} {shown(getattr(args, k))} (the run's: {shown(saved[k])})"
+               for k in FIXED_ON_RESUME if k in saved and getattr(args, k) != saved[k]]
+    if changed:
+        raise SystemExit(f"error: --resume continues {args.resume} as it was built, so it "
+                         f"cannot change {', '.join(changed)}. Start a new run with "
+                         f"--init-from {args.resume} for that.")
+
+
+def refuse_going_back(path, state, run_dir):
+    """SystemExit if ``run_dir`` already holds a checkpoint of the run from a later step than
+    ``state`` (loaded from ``path``): resuming the older one would overwrite it."""
+    for later in (run_dir / name for name in ("interrupted.pth", "last.pth", "final_model.pth")):
+        if not later.is_file() or later.resolve() == Path(path).resolve():
+            continue
+        try:
+            saved = load_checkpoint(later)
+        except CheckpointError:
+            continue
+        if saved.get("step", 0) > state["step"]:
+            raise SystemExit(f"error: {later} is from a later point of this run (epoch "
+                             f"{saved.get('epoch')}, step {saved['step']}) than {path} (epoch "
+                             f"{state['epoch']}, step {state['step']}); resuming the older one "
+                             f"would overwrite it. Resume {later}, or start a new run from "
+                             f"{path} with --init-from {path} --run-name NEW.")
+
+
+def resumed_args(path):
+    """The arguments of the run saved in checkpoint ``path`` that resuming it takes as its
+    defaults (all but NOT_RESUMED); SystemExit if the file cannot be loaded."""
+    try:
+        saved = load_checkpoint(path).get("args", {})
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}")
+    return {k: v for k, v in saved.items() if k not in NOT_RESUMED}
+
+
+def resume_dir(args, state):
+    """The run folder that resuming ``state`` (main.py's ``args.resume``) writes to, once the
+    resume rules allow it: SystemExit where ``args`` changes what the run was built with, or
+    where the folder holds a later checkpoint of the run."""
+    refuse_changed_flags(args, state.get("args", {}))
+    run_dir = Path(args.checkpoint_dir) / (args.run_name or state["run_name"])
+    refuse_going_back(args.resume, state, run_dir)
+    return run_dir
+
+
+def model_to_continue(source, source_path, args):
+    """The model of checkpoint ``source`` (from ``source_path``) for main.py's ``args``: with
+    --resume as it was built; with --init-from its weights, with --dropout (it has no weights)
+    and the same --batch-norm (it has). SystemExit naming the problem if it cannot be."""
+    options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
+    if args.resume:
+        options = source.get("model_options", options)
+    elif source.get("model_options", {}).get("batch_norm", False) != args.batch_norm:
+        raise SystemExit(f"error: {source_path} was trained "
+                         f"{'with' if not args.batch_norm else 'without'} --batch-norm; pass "
+                         f"the same to --init-from it.")
+    try:
+        return model_from_checkpoint(source, source_path, args.model, options)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def refuse_leaks(sources, fold):
+    """SystemExit if a checkpoint that feeds a run (``sources``: (flag, path, state) of its
+    --init-from and --teachers) trained on the images that the run (--fold ``fold``, None for
+    the 803/100/100 split) holds out: it would leak them into the run's training."""
+    for flag, path, state in sources:
+        if held_out_fold(state) != fold:
+            raise SystemExit(f"error: {flag} {path} comes from a run on "
+                             f"{protocol_name(held_out_fold(state))}, which trained on images "
+                             f"that this run ({protocol_name(fold)}) holds out. Use one from a "
+                             f"run on {protocol_name(fold)}.")
+
+
 def capture_rng(sampler):
     """The torch, NumPy, Python and CUDA RNG states and ``sampler``'s (a torch.Generator), as
     tensors and lists (so that ``weights_only=True`` loads them)."""

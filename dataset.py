@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from cli import progress as progress_report
 from devices import init_pool_worker
 import metrics
 from metrics import as_binary_map
@@ -180,15 +181,18 @@ def open_rgb(path):
         raise DatasetError(f"cannot read image {path}: {error}. Replace or remove the file.")
 
 
-def open_grey(path):
-    """Decode a map image -> float64 [H, W] (a 16-bit or colour map is read as grey)."""
+def open_grey(path, dtype=np.float64):
+    """Decode a map image -> [H, W] array of ``dtype`` (None: the file's own, e.g. uint8 for an
+    8-bit map); a 16-bit map keeps its values, a colour map is read as grey (ITU-R 601 luma, as
+    MATLAB's rgb2gray). DatasetError naming the file if it cannot be decoded."""
     try:
         with Image.open(path) as image:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
             image.load()
             if image.mode not in ("L", "F", "I", "I;16", "I;16B", "I;16L"):
                 image = image.convert("L")
-            return np.asarray(image, dtype=np.float64)
-    except (OSError, ValueError) as error:
+            return np.array(image, dtype=dtype)  # a writable copy
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read map {path}: {error}. Replace or remove the file.")
 
 
@@ -386,7 +390,6 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
     interrupted build leaves no half cache. Returns (names, scales arrays, maps array, key,
     per-image sha1 of the bytes of its three files).
     """
-    from tqdm import tqdm
     names, stimuli = mit_layout_names(data_dir)
     key = _cache_key(data_dir, names, stimuli)
     folder = Path(cache_dir) / key
@@ -405,9 +408,10 @@ def build_image_cache(data_dir, cache_dir, workers=None, progress=True):
         results = []
         with Pool(max(1, workers or os.cpu_count() or 1), init_pool_worker) as pool:
             iterator = pool.imap(_decode_one, jobs, chunksize=8)
-            for result in tqdm(iterator, total=len(jobs), desc=f"caching {Path(data_dir).name}",
-                               disable=not progress, unit="img"):
-                results.append(result)
+            if progress:
+                iterator = progress_report(iterator, len(jobs), f"caching {Path(data_dir).name}",
+                                           "image")
+            results.extend(iterator)
         for note in (note for _, _, notes, _ in results for note in notes):
             warnings.warn(note)
         kept = [(n, r, digest) for n, r, _, digest in results if not isinstance(r, str)]
@@ -450,6 +454,30 @@ def read_ground_truth(data_dir, name):
     density = open_grey(Path(data_dir) / MAPS / f"{name}_fixMap.jpg")
     top = density.max()
     return read_fixation_points(data_dir, name), density / top if top > 0 else density
+
+
+def _ground_truth_of(args):
+    """Worker: (data dir, name) -> that image's ground truth, or the reason it is unreadable."""
+    try:
+        return read_ground_truth(*args)
+    except DatasetError as error:
+        return str(error)
+
+
+def load_ground_truth(data_dir, split="all", workers=None):
+    """The ground truth of ``split`` of an MIT-layout folder, without decoding its images: a
+    SaliencySet of names, fixations and densities (no scales; maps [N, 0, 0]). An image whose maps
+    cannot be read is skipped with a warning, as ``load_mit`` skips it."""
+    names, _ = mit_layout_names(data_dir)
+    if split != "all":
+        names = split_names(split, names, data_dir)
+    with Pool(max(1, min(workers or os.cpu_count() or 1, len(names))), init_pool_worker) as pool:
+        truths = pool.map(_ground_truth_of, [(str(data_dir), name) for name in names])
+    for reason in (t for t in truths if isinstance(t, str)):
+        warnings.warn(f"{reason} The image is skipped.")
+    kept = [(n, t) for n, t in zip(names, truths) if not isinstance(t, str)]
+    return SaliencySet([n for n, _ in kept], [], torch.empty(len(kept), 0, 0),
+                       [t[0] for _, t in kept], [t[1] for _, t in kept])
 
 
 def _points_of(args):
@@ -831,19 +859,20 @@ def _unpack(archive, output_dir):
 
 
 def download_mit1003(output_dir="data/MIT1003", base_url=MIT1003_PAGE, expected_images=1003,
-                     progress=True):
-    """Download MIT1003's two official zips (resumable), unpack them into ``output_dir`` in the
-    layout this project reads, and check it: ``expected_images`` stimuli, each with a fixation
-    map and a point map. Returns the number of images; raises DatasetError on failure."""
+                     progress=True, downloads_dir=".cache/downloads"):
+    """Download MIT1003's two official zips into ``downloads_dir`` (resumable: a partial
+    download is kept there), then unpack both into ``output_dir`` in the layout this project
+    reads, and check it: ``expected_images`` stimuli, each with a fixation map and a point map.
+    ``output_dir`` is created only once both zips are complete. Returns the number of images;
+    raises DatasetError on failure."""
     import urllib.error
     import zipfile
-    output_dir = Path(output_dir)
-    downloads = output_dir / ".downloads"
+    output_dir, downloads = Path(output_dir), Path(downloads_dir)
     try:
         downloads.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DatasetError(f"cannot create {downloads} ({error.strerror}). Pass a writable "
-                           f"--output-dir.")
+                           f"--cache-dir.")
     for name in ARCHIVES:
         archive, url = downloads / name, f"{base_url.rstrip('/')}/{name}"
         if not archive.exists():
@@ -853,8 +882,11 @@ def download_mit1003(output_dir="data/MIT1003", base_url=MIT1003_PAGE, expected_
                 reason = getattr(error, "reason", None) or error
                 raise DatasetError(
                     f"cannot download {url} ({reason}). Run the command again to continue where "
-                    f"it stopped, or download {' and '.join(ARCHIVES)} by hand from "
-                    f"{MIT1003_PAGE} and unzip both into {output_dir} (see README).")
+                    f"it stopped (what arrived is kept in {downloads}), or download "
+                    f"{' and '.join(ARCHIVES)} by hand from {MIT1003_PAGE} and unzip both into "
+                    f"{output_dir} (see README).")
+    for name in ARCHIVES:
+        archive = downloads / name
         try:
             _unpack(archive, output_dir)
         except (zipfile.BadZipFile, OSError) as error:
@@ -866,7 +898,8 @@ def download_mit1003(output_dir="data/MIT1003", base_url=MIT1003_PAGE, expected_
         raise DatasetError(f"{output_dir} holds {len(names)} images after unpacking, not "
                            f"{expected_images}: the downloads are incomplete. Delete "
                            f"{downloads} and run the command again.")
-    shutil.rmtree(downloads)
+    for name in ARCHIVES:
+        (downloads / name).unlink()
     return len(names)
 
 
@@ -884,13 +917,16 @@ def main(argv=None):
     download = sub.add_parser("download", help="download and unpack MIT1003 (~150 MB)")
     download.add_argument("--output-dir", default="data/MIT1003", help="where to unpack it")
     download.add_argument("--url", default=MIT1003_PAGE, help="where the two zips are")
+    download.add_argument("--cache-dir", default=".cache", help="downloads go to <dir>/downloads "
+                          "until both are complete")
     split = sub.add_parser("split", help="write the 803/100/100 split and the 10 folds")
     split.add_argument("--data-dir", default="data/MIT1003", help="MIT1003 folder")
     args = parser.parse_args(argv)
     show_warnings_plainly()
     try:
         if args.command == "download":
-            n = download_mit1003(args.output_dir, args.url)
+            n = download_mit1003(args.output_dir, args.url,
+                                 downloads_dir=Path(args.cache_dir) / "downloads")
             print(f"{args.output_dir}: MIT1003 with {n} images, each with its fixation map and "
                   f"points. Train with: python main.py --data-dir {args.output_dir}")
         elif args.command == "split":

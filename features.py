@@ -2,6 +2,7 @@
 TensorBoard and as PNGs. Activations are captured with forward hooks, so the models hold no
 visualisation state."""
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -77,3 +78,22 @@ def log_validation(writer, model, results, maps, folder, step):
     shown = torch.stack([m / max(float(m.max()), 1e-8) for m in maps[:4]]).unsqueeze(1)
     writer.add_images("val/predicted_maps", shown, step)
     save_feature_maps(model, {}, writer, folder, step)
+
+
+# the settings that change a run's result (no paths, devices or worker counts)
+HPARAMS = ("model", "optimizer", "learning_rate", "batch_size", "epochs", "weight_decay",
+           "lr_schedule", "max_norm", "dropout", "batch_norm", "fixations_per_image",
+           "non_fixations_per_image", "uniform_locations_per_image", "teacher_blur", "seed",
+           "fold")
+
+
+def log_hparams(writer, args, best_val, best_epoch):
+    """The run's row of TensorBoard's HPARAMS table: the HPARAMS of ``args`` (booleans as
+    true / false, no fold as 'none'), the data set's name and the number of teachers, against
+    the validation that best.pth kept (``best_val``, from epoch ``best_epoch``) as best/val_*
+    and best/epoch, so that runs compare by what they are judged on."""
+    shown = lambda v: str(v).lower() if isinstance(v, bool) else "none" if v is None else v
+    hparams = {name: shown(getattr(args, name)) for name in HPARAMS}
+    hparams |= {"data": Path(args.data_dir).name, "teachers": len(args.teacher)}
+    writer.add_hparams(hparams, {**{f"best/val_{k}": v for k, v in best_val.items()},
+                                 "best/epoch": best_epoch}, run_name=".")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cli import progress as progress_report
 from dataset import SCALES, crop_starts, cut_crops, grid_locations, pad_images
 from devices import autocast_context
 from MrCNN import CROP_SIZE
@@ -141,11 +142,9 @@ def saliency_grid(model, scales, mode="fcn", grid_size=50, batch_size=1024, prec
 def predict_maps(model, data, mode="fcn", precision="fp32", grid_size=50, images_per_call=8,
                  progress=False):
     """Dense maps of every image of a SaliencySet: list of float [grid, grid] tensors in (0, 1)
-    (``progress``: a progress bar on stderr)."""
-    from tqdm import tqdm
-    maps = []
-    for start in tqdm(range(0, len(data), images_per_call), desc="dense maps", unit="batch",
-                      disable=not progress, leave=False):
+    (``progress``: report on stderr, cli.progress)."""
+    maps, starts = [], range(0, len(data), images_per_call)
+    for start in progress_report(starts, len(starts), "dense maps", "batch") if progress else starts:
         chunk = [s[start:start + images_per_call] for s in data.scales]
         maps.extend(saliency_grid(model, chunk, mode, grid_size, precision=precision))
     return maps

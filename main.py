@@ -7,7 +7,8 @@
 
 Each epoch draws fresh fixation / non-fixation locations per training image, trains on their
 three-scale crops, then validates with AUC-Judd and shuffled AUC of dense maps. Everything a
-run writes goes to checkpoint/<run>/: checkpoints, TensorBoard events, feature pictures.
+run writes goes to checkpoint/<run>/ (checkpoints, feature pictures) and logs/<run>/
+(TensorBoard events).
 """
 import argparse
 import math
@@ -26,36 +27,23 @@ from torch import nn
 
 import dataset
 import metrics
-from checkpoints import (CheckpointError, capture_rng, held_out_fold, load_checkpoint,
-                         load_resumable, model_from_checkpoint, new_run_dir, protocol_name,
-                         restore_rng, save_checkpoint)
+from checkpoints import (CheckpointError, capture_rng, load_checkpoint, load_resumable,
+                         model_to_continue, new_run_dir, refuse_leaks, restore_rng, resume_dir,
+                         resumed_args, save_checkpoint)
+from cli import HelpFormatter, progress as progress_report
 from devices import (DEVICES, PRECISIONS, autocast_context, keep_freed_memory, pick_device,
                      pick_precision)
 from distil import teacher_maps
-from features import FeatureRecorder, log_validation
+from features import FeatureRecorder, log_hparams, log_validation
 from inference import predict_maps
 from models import MODELS, build_model
 from optimisation import FINAL_MOMENTUM, make_optimizer, momentum_at, train_step
 
 DEFAULT_DATA_DIR = "data/MIT1003"
+DEFAULT_LOG_DIR = "logs"
 LOG_EVERY = 20  # steps between reads of the loss from the device (each read is a sync)
-NOT_RESUMED = ("resume", "init_from", "worker_count")  # how a run was started, this machine
-# what a run's saved state (weights, optimiser, schedule, data, RNG) was built with: a resumed
-# run cannot change it, and would otherwise ignore the new value while recording it
-FIXED_ON_RESUME = ("model", "batch_norm", "dropout", "optimizer", "learning_rate",
-                   "weight_decay", "lr_schedule", "fold", "seed")
 EPOCH_START = {"batch": 0, "sampler_state": None, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
 METRIC_LABELS = {"auc_shuffled": "sAUC", "auc_judd": "AUC-Judd"}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with '(default: ...)' only where a default exists and the help does not already
-    say it."""
-
-    def _get_help_string(self, action):
-        quiet = (action.default is None or action.default is False or action.default == []
-                 or "(default:" in (action.help or ""))
-        return action.help if quiet else super()._get_help_string(action)
 
 
 def parse_args(argv=None):
@@ -81,7 +69,6 @@ def parse_args(argv=None):
     add("--batch-norm", action="store_true", help="BatchNorm after each conv (not the paper's)")
     add("--fixations-per-image", type=int, default=10, help="locations where map > 0.9 max")
     add("--non-fixations-per-image", type=int, default=20, help="locations where map < 0.1 max")
-    add("--no-flip", action="store_true", help="no random horizontal flips")
     add("--teacher", action="append", default=[], metavar="PATH", help="distil: train towards "
         "the mean dense map of these checkpoints (repeat the flag) instead of 1 / 0 labels")
     add("--teacher-blur", type=float, default=0.0, help="with --teacher: Gaussian blur of the "
@@ -90,8 +77,11 @@ def parse_args(argv=None):
     add("--seed", type=int, default=0, help="seed of everything random")
     add("--device", default="auto", choices=DEVICES, help="auto: cuda if available")
     add("--precision", default="auto", choices=PRECISIONS, help="auto: bf16 if native, or fp32")
-    add("-j", "--worker-count", type=int, default=os.cpu_count(), help="processes and threads")
+    add("-j", "--worker-count", type=int, default=os.cpu_count(), help="processes and threads "
+        "(default: all cores)")
     add("--val-frequency", type=int, default=1, help="validate every N epochs")
+    add("--checkpoint-frequency", type=int, default=5, help="also keep epoch<N>.pth every N "
+        "epochs (0: never)")
     add("--patience", type=int, default=0, help="stop once val sAUC (AUC-Judd if val has one "
         "image) has not improved for N validations (0: run all --epochs); final_model.pth is "
         "then the last epoch")
@@ -99,15 +89,11 @@ def parse_args(argv=None):
     add("--init-from", metavar="PATH", help="start a new run from this checkpoint's weights")
     add("--run-name", help="run folder (default: model, optimiser, lr, batch size, fold, time)")
     add("--checkpoint-dir", default="checkpoint", help="runs go to <dir>/<run>/")
+    add("--log-dir", default=DEFAULT_LOG_DIR, help="TensorBoard events go to <dir>/<run>/")
     add("--cache-dir", default=".cache", help="resized images and teacher maps")
     args = p.parse_args(argv)
     if args.resume and Path(args.resume).is_file():
-        try:
-            saved = load_checkpoint(args.resume).get("args", {})
-        except CheckpointError as error:
-            raise SystemExit(f"error: {error}")
-        p.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)
-                          and k not in NOT_RESUMED})
+        p.set_defaults(**{k: v for k, v in resumed_args(args.resume).items() if k in vars(args)})
         args = p.parse_args(argv)
     return args
 
@@ -117,8 +103,8 @@ def check_args(args):
     problems = [f"--{name.replace('_', '-')} must be at least {low} (got {value})"
                 for name, low in (("epochs", 1), ("batch_size", 1), ("fixations_per_image", 1),
                                   ("non_fixations_per_image", 1), ("val_frequency", 1),
-                                  ("uniform_locations_per_image", 0), ("worker_count", 1),
-                                  ("patience", 0))
+                                  ("checkpoint_frequency", 0), ("uniform_locations_per_image", 0),
+                                  ("worker_count", 1), ("patience", 0))
                 if (value := getattr(args, name)) is not None and value < low]
     for name, low, high, value in (
             ("learning-rate", 0, math.inf, args.learning_rate), ("dropout", 0, 1, args.dropout),
@@ -143,59 +129,9 @@ def check_args(args):
         raise SystemExit("error: " + "; ".join(problems))
 
 
-def refuse_changed_flags(args, saved):
-    """SystemExit naming every FIXED_ON_RESUME flag of ``args`` that differs from ``saved``,
-    the resumed run's own arguments."""
-    shown = lambda v: "on" if v is True else "off" if v is False else "none" if v is None else v
-    changed = [f"--{k.replace('_', '-')} {shown(getattr(args, k))} (the run's: {shown(saved[k])})"
-               for k in FIXED_ON_RESUME if k in saved and getattr(args, k) != saved[k]]
-    if changed:
-        raise SystemExit(f"error: --resume continues {args.resume} as it was built, so it "
-                         f"cannot change {', '.join(changed)}. Start a new run with "
-                         f"--init-from {args.resume} for that.")
-
-
-def refuse_going_back(path, state, run_dir):
-    """SystemExit if ``run_dir`` already holds a checkpoint of the run from a later step than
-    ``state`` (loaded from ``path``): resuming the older one would overwrite it."""
-    for later in (run_dir / name for name in ("interrupted.pth", "last.pth", "final_model.pth")):
-        if not later.is_file() or later.resolve() == Path(path).resolve():
-            continue
-        try:
-            saved = load_checkpoint(later)
-        except CheckpointError:
-            continue
-        if saved.get("step", 0) > state["step"]:
-            raise SystemExit(f"error: {later} is from a later point of this run (epoch "
-                             f"{saved.get('epoch')}, step {saved['step']}) than {path} (epoch "
-                             f"{state['epoch']}, step {state['step']}); resuming the older one "
-                             f"would overwrite it. Resume {later}, or start a new run from "
-                             f"{path} with --init-from {path} --run-name NEW.")
-
-
-def make_model(args, source, source_path, train_set):
-    """A new model (input statistics from the training images) or one from a checkpoint."""
-    options = {"dropout": args.dropout, "batch_norm": args.batch_norm}
-    if source is None:
-        model = build_model(args.model, **options)
-        model.input_mean[:], model.input_std[:] = train_set.pixel_mean_std()
-        return model
-    if args.resume:
-        options = source.get("model_options", options)
-    elif source.get("model_options", {}).get("batch_norm", False) != args.batch_norm:
-        raise SystemExit(f"error: {source_path} was trained "
-                         f"{'with' if not args.batch_norm else 'without'} --batch-norm; pass "
-                         f"the same to --init-from it.")
-    try:  # --init-from: --dropout applies (it has no weights)
-        return model_from_checkpoint(source, source_path, args.model, options)
-    except CheckpointError as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-def train_one_epoch(run, writer, bar_enabled):
+def train_one_epoch(run, writer):
     """Train one epoch from batch ``run['progress']['batch']`` on -> (mean loss, accuracy, s,
     samples/s). A requested stop raises KeyboardInterrupt between steps, progress saved."""
-    from tqdm import tqdm
     args, model, progress = run["args"], run["model"], run["progress"]
     model.train()
     if args.optimizer == "sgd":
@@ -208,13 +144,13 @@ def train_one_epoch(run, writer, bar_enabled):
     index, rel, labels, flip = dataset.epoch_samples(
         run["train_set"], run["generator"], args.fixations_per_image,
         args.non_fixations_per_image, args.uniform_locations_per_image, run["targets"],
-        not args.no_flip, run["device"])
+        device=run["device"])
     loss_sum, correct = (torch.full((), progress[k], device=run["device"])
                          for k in ("loss_sum", "correct"))
     seen = seen_before = progress["seen"]
     start, n_batches = time.perf_counter(), len(labels) // args.batch_size  # no ragged batch
-    for b in tqdm(range(progress["batch"], n_batches), desc=f"epoch {run['epoch'] + 1}",
-                  leave=False, disable=not bar_enabled, unit="batch"):
+    batches = range(progress["batch"], n_batches)
+    for b in progress_report(batches, len(batches), f"epoch {run['epoch'] + 1}", "batch", 60):
         sl = slice(b * args.batch_size, (b + 1) * args.batch_size)
         crops = dataset.batch_crops(run["train_set"], run["train_scales"], index[sl],
                                     None if rel is None else rel[sl], flip[sl])
@@ -273,6 +209,7 @@ def checkpoint_state(run):
             "scaler_state": None if run["scaler"] is None else run["scaler"].state_dict(),
             "epoch": run["epoch"], "step": run["step"], "best_metric": run["best"],
             "best_metric_name": run["selected_on"], "best_epoch": run["best_epoch"],
+            "best_val": dict(run["best_val"]),
             "args": dict(vars(run["args"])), "command": run["command"], "run_name": run["name"],
             "data": run["data"], "epoch_progress": dict(run["progress"]),
             "rng_state": capture_rng(run["generator"])}
@@ -286,6 +223,7 @@ def restore(run, state):
         run["scaler"].load_state_dict(state["scaler_state"])
     run.update(epoch=state["epoch"], step=state["step"], best=state["best_metric"],
                best_epoch=state.get("best_epoch", state["epoch"]),
+               best_val=state.get("best_val", {}),
                progress=state.get("epoch_progress", dict(EPOCH_START)),
                command=state.get("command", run["command"]))
     restore_rng(state["rng_state"], run["generator"])
@@ -307,18 +245,10 @@ def build(args, command=""):
             ("--teacher", path, state) for path, state in teachers]
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
-    if resume_state is not None:
-        refuse_changed_flags(args, resume_state.get("args", {}))
-        run_dir = Path(args.checkpoint_dir) / (args.run_name or resume_state["run_name"])
-        refuse_going_back(args.resume, resume_state, run_dir)
-    for flag, path, state in sources:  # a model that trained on this run's held-out images
-        if held_out_fold(state) != args.fold:  # would leak them into its training
-            raise SystemExit(f"error: {flag} {path} comes from a run on "
-                             f"{protocol_name(held_out_fold(state))}, which trained on images "
-                             f"that this run ({protocol_name(args.fold)}) holds out. Use one "
-                             f"from a run on {protocol_name(args.fold)}.")
+    run_dir = None if resume_state is None else resume_dir(args, resume_state)
+    refuse_leaks(sources, args.fold)
     source, source_path = resume_state or init_state, args.resume or args.init_from
-    model = None if source is None else make_model(args, source, source_path, None)
+    model = None if source is None else model_to_continue(source, source_path, args)
     if args.data_dir is None:  # resolved now, so that a resumed run reads the same data
         args.data_dir = (DEFAULT_DATA_DIR if Path(DEFAULT_DATA_DIR, dataset.STIMULI).is_dir()
                          else dataset.SYNTHETIC)
@@ -342,7 +272,10 @@ def build(args, command=""):
     if args.teacher and train_set.samples is not None:
         raise SystemExit("error: --teacher needs whole training images (the MIT1003 layout), "
                          "not the coursework's pre-cut crops")
-    model = (model or make_model(args, None, None, train_set)).to(device)
+    if model is None:
+        model = build_model(args.model, dropout=args.dropout, batch_norm=args.batch_norm)
+        model.input_mean[:], model.input_std[:] = train_set.pixel_mean_std()
+    model = model.to(device)
     optimizer, scheduler = make_optimizer(model, args.optimizer, args.learning_rate,
                                           args.weight_decay, args.momentum,
                                           args.lr_schedule, args.epochs)
@@ -360,8 +293,7 @@ def build(args, command=""):
            "device": device, "precision": precision, "train_set": train_set, "data": data,
            "generator": torch.Generator().manual_seed(args.seed), "name": run_dir.name,
            "dir": run_dir, "epoch": 0, "step": 0, "best": -math.inf, "best_epoch": 0,
-           "progress": dict(EPOCH_START),
-           "command": command, "stop": False,
+           "best_val": {}, "progress": dict(EPOCH_START), "command": command, "stop": False,
            "recorder": FeatureRecorder(model.stream(0)) if resume_state is None else None,
            "train_scales": [dataset.pad_images(s).to(device) for s in train_set.scales],
            "targets": targets}
@@ -381,7 +313,7 @@ def train(run):
 
     Returns (the last validation's results, whether the run was interrupted)."""
     from torch.utils.tensorboard import SummaryWriter
-    args, val_set, bar_enabled = run["args"], run["val_set"], sys.stderr.isatty()
+    args, val_set = run["args"], run["val_set"]
 
     def save(name):
         return save_checkpoint(checkpoint_state(run), run["dir"] / name)
@@ -393,10 +325,11 @@ def train(run):
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a "
               f"checkpoint (press Ctrl-C again to stop at once)", file=sys.stderr)
     previous = {s: signal.signal(s, on_stop_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    writer = SummaryWriter(str(run["dir"]))
-    print(f"run {run['name']}: {args.model} on {args.data_dir} ({len(run['train_set'])} train / "
-          f"{len(val_set)} val images), {run['device']} {run['precision']}; writes to "
-          f"{run['dir']}", flush=True)
+    writer = SummaryWriter(str(Path(args.log_dir) / run["name"]))
+    print(f"run {run['name']}: {args.model}, epochs {run['epoch'] + 1}-{args.epochs} on "
+          f"{args.data_dir} ({len(run['train_set'])} train / {len(val_set)} val images), "
+          f"{run['device']} {run['precision']}; checkpoints in {run['dir']}, TensorBoard events "
+          f"in {Path(args.log_dir) / run['name']}", flush=True)
     last_val, interrupted, finished = {}, False, False
     begun, first = time.perf_counter(), run["epoch"]
     partial = run["progress"]["batch"] > 0  # resumed inside an epoch
@@ -405,7 +338,7 @@ def train(run):
         return 0 < args.patience * args.val_frequency <= run["epoch"] - run["best_epoch"]
     try:
         while run["epoch"] < args.epochs and not out_of_patience():
-            loss, accuracy, seconds, rate = train_one_epoch(run, writer, bar_enabled)
+            loss, accuracy, seconds, rate = train_one_epoch(run, writer)
             run["epoch"] += 1
             for key, value in (("epoch_loss", loss), ("accuracy", accuracy),
                                ("learning_rate", run["optimizer"].param_groups[0]["lr"]),
@@ -422,16 +355,21 @@ def train(run):
                 line += (f" | val loss {last_val['loss']:.4f} AUC-Judd {last_val['auc_judd']:.4f}"
                          f" sAUC {last_val['auc_shuffled']:.4f} {time.perf_counter() - start:.1f}s")
                 if last_val[run["selected_on"]] > run["best"]:
-                    run["best"], run["best_epoch"] = last_val[run["selected_on"]], run["epoch"]
+                    run.update(best=last_val[run["selected_on"]], best_epoch=run["epoch"],
+                               best_val=dict(last_val))
                     save("best.pth")
             save("last.pth")
+            if args.checkpoint_frequency and run["epoch"] % args.checkpoint_frequency == 0:
+                save(f"epoch{run['epoch']}.pth")
             if partial:  # the time left is timed on whole epochs only
-                begun, first, partial, left = time.perf_counter(), run["epoch"], False, 0
+                begun, first, partial, left = time.perf_counter(), run["epoch"], False, None
             else:
                 left = ((time.perf_counter() - begun) / (run["epoch"] - first)
                         * (args.epochs - run["epoch"]))
+            done = f"done in {(time.perf_counter() - begun) / 60:.1f} min"
             # flushed: a redirected stdout would hold the line for hours
-            print(f"{line} | {left / 60:.1f} min left" if left else line, flush=True)
+            print(line if left is None else f"{line} | " + (f"{left / 60:.1f} min left" if left
+                                                            else done), flush=True)
             if run["stop"]:  # the signal came during validation or saving
                 raise KeyboardInterrupt
         if out_of_patience():
@@ -457,10 +395,8 @@ def train(run):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if finished and last_val:
-            hparams = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))}
-            writer.add_hparams(hparams | {"device": str(run["device"]), "precision": run[
-                "precision"]}, {f"hparam/val_{k}": v for k, v in last_val.items()}, run_name=".")
+        if finished and run["best_val"]:
+            log_hparams(writer, args, run["best_val"], run["best_epoch"])
         writer.close()
     return last_val, interrupted
 

@@ -375,6 +375,14 @@ def _score_dataset_image(i):
     return scores
 
 
+def _compact(saliency_map):
+    """A map as a tensor where it is (float32, or its integer type: 1003 full-size 8-bit maps
+    stay 0.8 GB); each is made float64 only when it is scored."""
+    x = torch.as_tensor(saliency_map.astype(np.int32) if isinstance(saliency_map, np.ndarray)
+                        and saliency_map.dtype == np.uint16 else saliency_map)
+    return x.float() if x.is_floating_point() else x
+
+
 def _map_images(score_one, n_images, workers, on_cpu, dataset):
     """[score_one(i) for i in range(n_images)], with ``dataset`` in ``_DATASET`` for it to read;
     in ``workers`` forked processes (all cores for None) where the maps are on the CPU and the
@@ -407,7 +415,7 @@ def evaluate_dataset(saliency_maps, fixation_maps, density_maps, n_others=10, n_
     row.
     """
     rows = saliency_maps if isinstance(saliency_maps, dict) else {None: saliency_maps}
-    rows = {row: [as_tensor(m).float() for m in maps] for row, maps in rows.items()}
+    rows = {row: [_compact(m) for m in maps] for row, maps in rows.items()}
     on_cpu = all(m.device.type == "cpu" for maps in rows.values() for m in maps)
     scores = _map_images(_score_dataset_image, len(fixation_maps), workers, on_cpu,
                          (rows, fixation_maps, density_maps, n_others, n_splits, seed, names))
@@ -619,7 +627,7 @@ def bms_dataset_scores(saliency_maps, fixation_maps, shuffle_map, sigmas=BMS_SIG
     binary fixation maps, the dataset's ``bms_shuffle_map``. Image i's draws are seeded with
     ``[seed, i]``, so the scores do not depend on ``workers`` (as ``evaluate_dataset``).
     Returns {protocol: float64 array [n_images, len(sigmas)]}."""
-    maps = [as_tensor(m) for m in saliency_maps]
+    maps = [_compact(m) for m in saliency_maps]
     scores = _map_images(_score_bms_image, len(maps), workers,
                          all(m.device.type == "cpu" for m in maps),
                          (maps, fixation_maps, as_tensor(shuffle_map), sigmas, n_draws, seed))

@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 
 import dataset
+import map_folders
 import metrics
 from checkpoints import (CheckpointError, held_out_fold, load_checkpoint, model_from_checkpoint,
                          protocol_name, save_checkpoint)
+from cli import HelpFormatter
 from devices import DEVICES, PRECISIONS, pick_device, pick_precision
 from inference import MODES, centre_bias_map, post_process, predict_maps, saliency_grid
-from main import HelpFormatter
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint" / "pretrained" / "MrCNN.pth"
 RAW_MAPS = "raw_maps.npz"  # the raw grid maps of a scored split, beside its scores
@@ -42,9 +43,8 @@ class UsageError(Exception):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate Mr-CNN saliency maps.",
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT),
-                        help="checkpoint written by main.py (default: the shipped MrCNN, "
-                        "checkpoint/pretrained/MrCNN.pth)")
+    parser.add_argument("--checkpoint", help="checkpoint written by main.py (default: the "
+                        "shipped MrCNN, checkpoint/pretrained/MrCNN.pth; with --maps: none)")
     parser.add_argument("--data-dir", default="data/MIT1003", help="MIT-layout folder")
     parser.add_argument("--split", default="test", help="MIT1003 split: train, val, test, "
                         "fold<K>/test (cross-validation fold K), or all: every image in "
@@ -54,6 +54,13 @@ def parse_args(argv=None):
                              "first, each its checkpoint (scores the images it held out) or "
                              "the folder that test.py --split fold<K>/test wrote for it (read "
                              "as scored); pooled over all")
+    parser.add_argument("--maps", nargs="+", metavar="DIR",
+                        help="score other models' maps: each folder one row of the table, one "
+                             "map per image named <image>.png/.jpg/.jpeg/.npy or "
+                             "<image>_saliency.png, any size (resized to the image as the MIT "
+                             "benchmark's code does: bicubic, antialiased)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="with --maps: score the images that every folder has a map for")
     parser.add_argument("--images", nargs="+", default=None, metavar="IMAGE",
                         help="your own images, or folders of them: write maps and overlays, no "
                              "ground truth")
@@ -139,11 +146,12 @@ def print_table(table, n_images):
 
 
 LITERATURE_ROWS = ("raw", "centre_bias")  # the rows scored under the BMS protocols too
+TABLE_ROWS = ("raw", "blurred", "post_processed", "centre_bias", "chance")
 PROTOCOL_LABELS = {"bms2014": "BMS code, 2014", "bms2013": "BMS code, ICCV 2013"}
 
 
-def literature(args, rows, fixations):
-    """Shuffled AUC of the LITERATURE_ROWS of ``rows`` ({row: maps}) under the BMS protocols
+def literature(args, rows, fixations, scored=LITERATURE_ROWS):
+    """Shuffled AUC of the rows ``scored`` of ``rows`` ({row: maps}) under the BMS protocols
     (metrics.bms_shuffled_auc), whose shuffle map holds every image of --data-dir: {'size',
     'shuffle_images', 'rows': {row: metrics.bms_summary}}, or None for data that is not in the
     MIT layout (said so)."""
@@ -151,7 +159,7 @@ def literature(args, rows, fixations):
         print("note: no literature-protocol block: it needs the MIT layout's fixation points")
         return None
     shuffle, n_images = dataset.shuffle_map(args.data_dir, args.cache_dir, args.worker_count)
-    scored = [row for row in LITERATURE_ROWS if row in rows]
+    scored = [row for row in scored if row in rows]
     print(f"scoring {len(fixations)} images x {len(scored)} rows with the BMS protocols",
           flush=True)
     return {"size": list(shuffle.shape), "shuffle_images": n_images, "rows": {
@@ -209,7 +217,7 @@ def overlay(image, saliency):
     return (0.5 * image / 255.0 + 0.5 * colours).clip(0, 1)
 
 
-def write_figure(data, maps, scores, path, source_images):
+def write_figure(data, maps, scores, path, source_images, row="raw"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -231,33 +239,48 @@ def write_figure(data, maps, scores, path, source_images):
                 ax.scatter(xs, ys, s=3, c="red")
             ax.set_title(title[:40], fontsize=8)
             ax.axis("off")
-    fig.suptitle("best (top 3) and worst (bottom 3) images by AUC-Judd")
-    fig.tight_layout()
+    fig.suptitle(f"best (top 3) and worst (bottom 3) images by AUC-Judd of the {row} maps")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def score_split(args, state, model, precision, data):
-    """Dense maps of every image of ``data`` scored with every metric, for the model's rows
-    (raw; blurred and post-processed when the checkpoint carries post-processing) and the
-    centre-bias and chance baselines. Returns ({row: maps}, {row: per-image dicts}, default row)."""
+def model_rows(args, state, model, precision, data):
+    """The model's dense maps of every image of ``data``: {'raw': maps} plus 'blurred' and
+    'post_processed' when the checkpoint carries post-processing (each a list of [G, G])."""
     post = state.get("post_processing")
-    maps = predict_maps(model, data, args.inference, precision, args.grid_size,
-                        progress=sys.stderr.isatty())
+    maps = predict_maps(model, data, args.inference, precision, args.grid_size, progress=True)
     rows = {"raw": maps}
     if post:  # the blur alone, then with the centre blend: the blend costs sAUC
         rows["blurred"] = [post_process(m, post["blur_sigma"]) for m in maps]
         rows["post_processed"] = [post_process(m, post["blur_sigma"], post["centre_weight"])
                                   for m in maps]
-    rows["centre_bias"] = [centre_bias_map()] * len(data)
+    return rows
+
+
+def baseline_rows(args, n_images):
+    """The centre-bias and chance rows for ``n_images`` images (chance seeded by --seed)."""
     rng = np.random.default_rng(args.seed)
-    rows["chance"] = [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
-                      for _ in range(len(data))]
+    return {"centre_bias": [centre_bias_map()] * n_images,
+            "chance": [torch.from_numpy(rng.random((args.grid_size, args.grid_size)))
+                       for _ in range(n_images)]}
+
+
+def score_rows(args, rows, data):
+    """Every metric of every image of ``data`` for each row ({row: maps}) -> {row: per-image
+    metric dicts}."""
     print(f"scoring {len(data)} image{'s' * (len(data) != 1)} x {len(rows)} rows with "
           f"{len(metrics.METRIC_NAMES)} metrics", flush=True)
-    _, scores = metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
-                                         workers=args.worker_count)
-    return rows, scores, "post_processed" if post else "raw"
+    return metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
+                                    workers=args.worker_count)[1]
+
+
+def score_split(args, state, model, precision, data):
+    """The model's rows and the baselines of every image of ``data``, scored. Returns ({row:
+    maps}, {row: per-image dicts}, default row)."""
+    rows = model_rows(args, state, model, precision, data) | baseline_rows(args, len(data))
+    return rows, score_rows(args, rows, data), (
+        "post_processed" if state.get("post_processing") else "raw")
 
 
 def strict_json(value):
@@ -304,6 +327,68 @@ def flattery_warning(split, names):
     return None
 
 
+def source_images(data_dir, data):
+    """i -> the stimulus of image i of ``data`` at its ground truth's size (where scores and the
+    figure compare), read from ``data_dir``, else from the cached 400x400 copy."""
+    stimuli = Path(data_dir) / dataset.STIMULI
+
+    def source_image(i):
+        h, w = data.fixations[i].shape
+        matches = sorted(p for p in stimuli.glob(f"{data.names[i]}.*")
+                         if p.suffix.lower() in dataset.IMAGE_SUFFIXES)
+        image = (dataset.open_rgb(matches[0]) if matches else
+                 Image.fromarray(data.scales[0][i].permute(1, 2, 0).numpy()))
+        return np.asarray(image if image.size == (w, h) else image.resize((w, h)))
+    return source_image
+
+
+def evaluate_maps(args, device, precision):
+    """--maps: each folder's maps of the split as a row of the table, beside the centre bias and
+    chance (and the model's rows where --checkpoint is given); everything is checked before
+    the output folder is touched."""
+    state = model = None
+    if args.checkpoint:
+        state, model = load_model(args.checkpoint, device)
+        refuse_flattering_split(args, state)
+    data = load_split(args) if model else dataset.load_ground_truth(
+        args.data_dir, args.split, args.worker_count)
+    files, missing = map_folders.find_map_folders(args.maps, data.names, TABLE_ROWS)
+    lacking = next(((row, names) for row, names in missing.items() if names), None)
+    left_out = sorted({name for names in missing.values() for name in names})
+    if lacking and not args.skip_missing:
+        row, names = lacking
+        raise UsageError(f"{len(names)} of the {len(data)} images of --split {args.split} have no "
+                         f"map in {args.maps[list(files).index(row)]}, e.g. "
+                         f"{', '.join(names[:3])}. Add them, or pass --skip-missing to score "
+                         f"the others.")
+    if left_out:
+        kept = [i for i, name in enumerate(data.names) if name not in set(left_out)]
+        if not kept:
+            raise UsageError(f"no image of --split {args.split} has a map in every folder of "
+                             f"--maps. Check the folders' file names (<image name>.png, ...).")
+        data = data.subset(kept)
+        print(f"--skip-missing: {len(left_out)} images without a map in every folder are left "
+              f"out, e.g. {', '.join(left_out[:3])}; {len(data)} are scored", flush=True)
+    rows = {row: [map_folders.read_map(paths[name]) for name in data.names]
+            for row, paths in files.items()}
+    if model is not None:
+        rows = model_rows(args, state, model, precision, data) | rows
+    output_dir = ensure_output_dir(args.output_dir)
+    rows |= baseline_rows(args, len(data))
+    scores = score_rows(args, rows, data)
+    first = next(iter(files))
+    block = literature(args, rows, data.fixations, [*files, *(["raw"] if model else []),
+                                                   "centre_bias"]) if len(data) > 1 else None
+    write_results(output_dir, data.names, scores, {
+        "maps": {row: str(folder) for row, folder in zip(files, args.maps)},
+        "checkpoint": args.checkpoint, "split": args.split, "seed": args.seed,
+        "skipped": {"count": len(left_out), "names": left_out}}, first, block, args.data_dir)
+    write_figure(data, rows[first], scores[first], output_dir / "best_worst.png",
+                 source_images(args.data_dir, data), first)
+    print(f"\nwrote {output_dir / 'metrics.json'}, {output_dir / 'per_image.csv'} and "
+          f"{output_dir / 'best_worst.png'} (of {first})")
+
+
 def evaluate(args, state, model, precision, output_dir):
     data = load_split(args)
     if (warning := flattery_warning(args.split, data.names)) is not None:
@@ -316,23 +401,15 @@ def evaluate(args, state, model, precision, output_dir):
         "inference": args.inference, "seed": args.seed, "post_processing": post}, default_row,
         block, args.data_dir)
     save_raw_maps(output_dir / RAW_MAPS, data.names, rows["raw"])
-    stimuli = Path(args.data_dir) / dataset.STIMULI
-
-    def source_image(i):
-        """The stimulus at its ground truth's size (where scores and the figure compare)."""
-        h, w = data.fixations[i].shape
-        matches = sorted(p for p in stimuli.glob(f"{data.names[i]}.*")
-                         if p.suffix.lower() in dataset.IMAGE_SUFFIXES)
-        image = (dataset.open_rgb(matches[0]) if matches else
-                 Image.fromarray(data.scales[0][i].permute(1, 2, 0).numpy()))
-        return np.asarray(image if image.size == (w, h) else image.resize((w, h)))
     write_figure(data, rows[default_row], scores[default_row], output_dir / "best_worst.png",
-                 source_image)
+                 source_images(args.data_dir, data), default_row)
     if args.save_maps:
         (output_dir / "maps").mkdir(exist_ok=True)
         for i, name in enumerate(data.names):
             save_png(full_size(rows["raw"][i], post, *data.fixations[i].shape),
                      output_dir / "maps" / f"{name}.png")
+        print(f"wrote the {default_row} row's maps to {output_dir / 'maps'} (8-bit PNG at each "
+              f"image's size; test.py --maps {output_dir / 'maps'} scores them again)")
     print(f"\nwrote {output_dir / 'metrics.json'}, {output_dir / 'per_image.csv'}, "
           f"{output_dir / RAW_MAPS} (the raw maps, for scoring again) and "
           f"{output_dir / 'best_worst.png'}")
@@ -436,8 +513,9 @@ def cross_validate(args, device, precision, output_dir):
               f"AUC-Judd {means['auc_judd']['mean']:.4f} ({path})", flush=True)
     block = None
     if without_maps:
-        print(f"note: no literature-protocol block: the folders of fold "
-              f"{', '.join(without_maps)} keep no {RAW_MAPS}")
+        print(f"note: no literature-protocol block: {RAW_MAPS} is missing in the folder"
+              f"{'s' * (len(without_maps) > 1)} of fold {', '.join(without_maps)} (scored "
+              f"before maps were kept, or copied without them)")
     elif not Path(args.data_dir, dataset.STIMULI).is_dir():
         print(f"note: no literature-protocol block: it reads the fixations in --data-dir "
               f"({args.data_dir} is not the MIT1003 folder)")
@@ -524,6 +602,23 @@ def own_images(args, files, state, model, precision, output_dir):
                          f"Replace or remove the unreadable files.")
 
 
+def fold_of_split(split):
+    """K for --split fold<K>/test, else None."""
+    digits = split[4:-5]
+    return (int(digits) if split.startswith("fold") and split.endswith("/test")
+            and digits.isascii() and digits.isdigit() else None)
+
+
+def refuse_flattering_split(args, state):
+    """UsageError where the run behind checkpoint ``state`` trained on images of --split."""
+    if args.split not in ("train", "all") and held_out_fold(state) != fold_of_split(args.split):
+        raise UsageError(f"{args.checkpoint} comes from a run on "
+                         f"{protocol_name(held_out_fold(state))}, which trained on images of "
+                         f"--split {args.split}: its scores there would flatter it. Score a "
+                         f"--fold K run on fold<K>/test (or all ten with --folds), any other "
+                         f"on val or test.")
+
+
 def main(argv=None):
     args = parse_args(argv)
     dataset.show_warnings_plainly()
@@ -533,15 +628,14 @@ def main(argv=None):
                                  ("-j", args.worker_count or 1, 1)):
             if value < low:
                 raise UsageError(f"{flag} must be at least {low} (got {value})")
-        fold_digits = args.split[4:-5]  # the K of fold<K>/test
-        split_fold = (int(fold_digits) if args.split.startswith("fold")
-                      and args.split.endswith("/test") and fold_digits.isdigit() else None)
+        split_fold = fold_of_split(args.split)
         if args.split not in ("train", "val", "test", "all") and \
                 (split_fold is None or split_fold >= dataset.N_FOLDS):
             raise UsageError(f"unknown --split {args.split!r}: choose train, val, test, all or "
                              f"fold<K>/test with K in 0..{dataset.N_FOLDS - 1}")
         tuned = args.tune_post_processing
-        if tuned and Path(tuned).resolve() == Path(args.checkpoint).resolve():
+        evaluated = Path(args.checkpoint or DEFAULT_CHECKPOINT)
+        if tuned and Path(tuned).resolve() == evaluated.resolve():
             raise UsageError(f"--tune-post-processing {tuned} would overwrite the checkpoint "
                              f"it evaluates; name a new file.")
         if tuned:
@@ -553,15 +647,19 @@ def main(argv=None):
                                  "--tune-post-processing")
             cross_validate(args, device, precision, ensure_output_dir(args.output_dir))
             return 0
+        if args.maps:
+            if args.images or tuned:
+                raise UsageError("--maps scores folders of maps: it takes no --images or "
+                                 "--tune-post-processing")
+            evaluate_maps(args, device, precision)
+            return 0
+        args.checkpoint = args.checkpoint or str(DEFAULT_CHECKPOINT)
         state, model = load_model(args.checkpoint, device)
         files = image_files(args.images, args.output_dir) if args.images else None
-        if not files and args.split not in ("train", "all") and \
-                held_out_fold(state) != split_fold:
-            raise UsageError(f"{args.checkpoint} comes from a run on "
-                             f"{protocol_name(held_out_fold(state))}, which trained on images of "
-                             f"--split {args.split}: its scores there would flatter it. Score a "
-                             f"--fold K run on fold<K>/test (or all ten with --folds), any other "
-                             f"on val or test.")
+        if not files:
+            refuse_flattering_split(args, state)
+        if not files and not dataset.is_coursework_dir(args.data_dir):
+            dataset.mit_layout_names(args.data_dir)  # a missing folder: said before the header
         output_dir = ensure_output_dir(args.output_dir)
         scored = (f"{len(files)} image{'s' * (len(files) > 1)}" if files
                   else f"split {args.split} of {args.data_dir}")
@@ -579,7 +677,8 @@ def main(argv=None):
             own_images(args, files, state, model, precision, output_dir)
         else:
             evaluate(args, state, model, precision, output_dir)
-    except (UsageError, CheckpointError, dataset.DatasetError) as error:
+    except (UsageError, CheckpointError, dataset.DatasetError,
+            map_folders.MapFolderError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted: nothing more was written")

@@ -47,9 +47,17 @@ def make_args(tmp_path, *extra):
     tmp_path (never the checkout's data/, checkpoint/ or .cache/)."""
     args = main.parse_args(["--data-dir", "synthetic", "--checkpoint-dir",
                             str(tmp_path / "checkpoint"), "--cache-dir", str(tmp_path / "cache"),
-                            "--run-name", "run", "-j", "2", *extra])
+                            "--log-dir", str(tmp_path / "logs"), "--run-name", "run", "-j", "2",
+                            *extra])
     main.check_args(args)
     return args
+
+
+@pytest.fixture(autouse=True)
+def logs_in_tmp_path(tmp_path, monkeypatch):
+    """TensorBoard events of in-process main.py runs go to tmp_path/logs, never the checkout's
+    logs/ (runs in a subprocess work in tmp_path already)."""
+    monkeypatch.setattr(main, "DEFAULT_LOG_DIR", str(tmp_path / "logs"))
 
 
 @pytest.fixture

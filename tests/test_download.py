@@ -56,10 +56,13 @@ def server(tmp_path):
 def test_download_unpacks_both_archives_into_the_layout_and_checks_it(tmp_path, server):
     url, _ = server
     out = tmp_path / "data" / "MIT1003"
-    assert dataset.download_mit1003(out, url, expected_images=3, progress=False) == 3
+    downloads = tmp_path / "cache" / "downloads"
+    assert dataset.download_mit1003(out, url, expected_images=3, progress=False,
+                                    downloads_dir=downloads) == 3
     names, _ = dataset.mit_layout_names(out)
     assert names == ["a", "b", "c"]
-    assert not (out / "__MACOSX").exists() and not (out / ".downloads").exists()
+    assert not (out / "__MACOSX").exists() and not list(downloads.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == [dataset.MAPS, dataset.STIMULI]
     loaded = dataset.load_mit(out, "all", cache_dir=tmp_path / "cache", workers=1,
                               progress=False)
     assert len(loaded) == 3
@@ -67,11 +70,12 @@ def test_download_unpacks_both_archives_into_the_layout_and_checks_it(tmp_path, 
 
 def test_an_interrupted_download_continues_where_it_stopped(tmp_path, server):
     url, served = server
-    out = tmp_path / "MIT1003"
+    out, downloads = tmp_path / "MIT1003", tmp_path / "downloads"
     whole = (served / "ALLSTIMULI.zip").read_bytes()
-    (out / ".downloads").mkdir(parents=True)
-    (out / ".downloads" / "ALLSTIMULI.zip.part").write_bytes(whole[:100])  # a cut connection
-    dataset.download_mit1003(out, url, expected_images=3, progress=False)
+    downloads.mkdir()
+    (downloads / "ALLSTIMULI.zip.part").write_bytes(whole[:100])  # a cut connection
+    dataset.download_mit1003(out, url, expected_images=3, progress=False,
+                             downloads_dir=downloads)
     assert ("/ALLSTIMULI.zip", 100) in RangeHandler.requests  # only the rest was fetched
     assert len(dataset.mit_layout_names(out)[0]) == 3
 
@@ -79,7 +83,8 @@ def test_an_interrupted_download_continues_where_it_stopped(tmp_path, server):
 def test_a_count_other_than_expected_is_an_error(tmp_path, server):
     url, _ = server
     with pytest.raises(dataset.DatasetError, match="holds 3 images after unpacking, not 1003"):
-        dataset.download_mit1003(tmp_path / "MIT1003", url, progress=False)
+        dataset.download_mit1003(tmp_path / "MIT1003", url, progress=False,
+                                 downloads_dir=tmp_path / "downloads")
 
 
 def test_offline_is_one_clear_line_with_a_manual_route(tmp_path, server):
@@ -87,6 +92,8 @@ def test_offline_is_one_clear_line_with_a_manual_route(tmp_path, server):
     dead = url.rsplit(":", 1)[0] + ":9"  # the discard port: nothing listens there
     result = subprocess.run([sys.executable, str(ROOT / "dataset.py"), "download",
                              "--output-dir", str(tmp_path / "MIT1003"), "--url", dead],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "cannot download" in result.stderr and "by hand from" in result.stderr
+    assert "kept in .cache/downloads" in result.stderr
+    assert not (tmp_path / "MIT1003").exists()  # nothing to mistake for a dataset

@@ -197,7 +197,7 @@ def test_ship_writes_fp16_weights_with_the_training_command_and_no_optimiser(tmp
     from MrCNN import MrCNN
     torch.manual_seed(0)
     model = MrCNN().eval()
-    command = "python main.py --data-dir data/MIT1003 --epochs 30 --teacher a.pth --no-flip"
+    command = "python main.py --data-dir data/MIT1003 --epochs 30 --teacher a.pth --seed 3"
     args = vars(main.parse_args(command.split()[2:]))
     source, destination = tmp_path / "best.pth", tmp_path / "shipped" / "MrCNN.pth"
     checkpoints.save_checkpoint({"model": "MrCNN", "model_state": model.state_dict(),
@@ -346,7 +346,8 @@ def test_a_model_is_scored_only_where_its_run_held_the_images_out(tmp_path, monk
     fold3 = load_checkpoint(PRETRAINED / "MrCNNs.pth")
     fold3["args"] = {**fold3["args"], "fold": 3}
     torch.save(fold3, tmp_path / "fold3.pth")
-    common = ["--data-dir", str(tmp_path / "absent"), "--output-dir", str(tmp_path / "out")]
+    write_mit_folder(tmp_path / "mini", ["a", "b", "c"])  # never read: refused, or mocked
+    common = ["--data-dir", str(tmp_path / "mini"), "--output-dir", str(tmp_path / "out")]
     for checkpoint, split, trained_on in ((tmp_path / "fold3.pth", "test", "--fold 3"),
                                           (PRETRAINED / "MrCNNs.pth", "fold3/test",
                                            "the 803/100/100 split")):
@@ -418,3 +419,10 @@ def test_compare_results_takes_both_sides_over_the_images_both_scored_finite():
     assert table["nss"]["b"]["mean"] == pytest.approx(np.mean([0.54, 0.58, 0.62, 0.66]))
     assert table["nss"]["a"]["mean"] == pytest.approx(table["nss"]["b"]["mean"] + 0.01)
     assert table["cc"]["difference"]["mean"] == pytest.approx(0.01)
+
+
+def test_a_missing_data_dir_is_the_only_line_test_py_prints(tmp_path):
+    result = run_test_py(tmp_path, "--data-dir", "nowhere", "--output-dir", "out")
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.startswith("error: data dir nowhere does not exist")
+    assert not (tmp_path / "out").exists()

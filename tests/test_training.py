@@ -19,7 +19,7 @@ import distil
 import inference
 import main
 import optimisation
-from checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoints import load_checkpoint, model_from_checkpoint, refuse_changed_flags, save_checkpoint
 from conftest import PRETRAINED, ROOT, make_args, write_mit_folder
 
 
@@ -35,9 +35,34 @@ def test_a_few_epochs_on_the_synthetic_set_lift_val_auc_well_above_chance(tmp_pa
     for name in ("best.pth", "last.pth", "final_model.pth", "features/conv1_filters.png",
                  "features/conv1_crop0.png"):
         assert (run_dir / name).is_file(), name
-    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert list((tmp_path / "logs" / "run").glob("events.out.tfevents.*"))
     state = load_checkpoint(run_dir / "final_model.pth")
     assert state["data"]["source"] == "synthetic" and state["epoch"] == 3
+
+
+def test_the_original_projects_flags_keep_their_meaning(tmp_path, small_synthetic, capsys):
+    """--model, --learning-rate, --batch-size, --epochs, --val-frequency, --checkpoint-frequency,
+    -j/--worker-count and --log-dir, as the coursework project's users type them."""
+    assert main.parse_args([]).checkpoint_frequency == 5  # the original's default
+    assert main.main(["--data-dir", "synthetic", "--checkpoint-dir", str(tmp_path / "ck"),
+                      "--run-name", "r", "--model", "MrCNNs", "--learning-rate", "0.002",
+                      "--batch-size", "48", "--epochs", "3", "--val-frequency", "2",
+                      "--checkpoint-frequency", "2", "-j", "1",
+                      "--log-dir", str(tmp_path / "tb")]) == 0
+    assert torch.get_num_threads() == 1
+    lines = capsys.readouterr().out.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [("val loss" in line) for line in epochs] == [False, True, True]  # 2, and the last
+    run_dir = tmp_path / "ck" / "r"
+    assert sorted(p.name for p in run_dir.glob("*.pth")) == [
+        "best.pth", "epoch2.pth", "final_model.pth", "last.pth"]
+    state = load_checkpoint(run_dir / "epoch2.pth")
+    assert (state["epoch"], state["model"], state["args"]["learning_rate"]) == (2, "MrCNNs", 0.002)
+    per_epoch = 24 * 30 // 48  # 24 scenes x 30 locations, whole batches of 48
+    assert state["step"] == 2 * per_epoch
+    assert list((tmp_path / "tb" / "r").glob("events.out.tfevents.*"))
+    assert not list(run_dir.glob("events.out.*"))
+    torch.set_num_threads(os.cpu_count())
 
 
 def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(tmp_path,
@@ -320,7 +345,7 @@ def test_resume_refuses_flags_that_its_saved_state_fixes(tmp_path, flags, messag
         main.build(main.parse_args(["--resume", str(saved), *flags, "--epochs", "30"]))
     allowed = main.parse_args(["--resume", str(saved), "--epochs", "30", "--patience", "3",
                                "--batch-size", "64", "--momentum", "0.95"])
-    main.refuse_changed_flags(allowed, load_checkpoint(saved)["args"])  # no SystemExit
+    refuse_changed_flags(allowed, load_checkpoint(saved)["args"])  # no SystemExit
 
 
 def test_a_teacher_or_start_that_trained_on_the_held_out_images_is_refused(tmp_path):
@@ -390,8 +415,10 @@ def test_the_first_command_of_the_readme_trains_the_synthetic_set_in_an_empty_fo
     assert result.returncode == 0, result.stderr[-2000:]
     assert "SYNTHETIC" in result.stderr and "epoch 3/3" in result.stdout
     assert "min left" in result.stdout.splitlines()[1]  # the first epoch line says how long
+    assert "done in" in result.stdout.splitlines()[3]  # the last one, how long it took
     [run_dir] = (tmp_path / "checkpoint").iterdir()
-    assert (run_dir / "final_model.pth").is_file() and list(run_dir.glob("events.out.*"))
+    assert (run_dir / "final_model.pth").is_file()
+    assert list((tmp_path / "logs" / run_dir.name).glob("events.out.*"))  # as the original
     assert not (tmp_path / ".cache").exists()  # nothing decoded: no dataset was read
 
 
