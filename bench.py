@@ -13,15 +13,19 @@ comparable; absolute numbers vary between machines and runs. Images are MIT1003-
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 import dataset
+import map_folders
 import metrics
 from devices import DEVICES, keep_freed_memory, pick_device, pick_precision
+from features import log_validation, save_feature_maps
 from inference import saliency_grid
 from MrCNN import CROP_SIZE, N_SCALES
 from models import build_model
@@ -135,12 +139,12 @@ def pipeline_seconds(data_dir, device):
     import re
     import subprocess
     import sys
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         common = ["--data-dir", data_dir, "--device", device]
         here = Path(__file__).resolve().parent
         trained = subprocess.run([sys.executable, here / "main.py", *common, "--epochs", "2",
-                                  "--checkpoint-dir", tmp, "--run-name", "bench"],
+                                  "--checkpoint-dir", tmp, "--log-dir", tmp, "--run-name",
+                                  "bench"],
                                  capture_output=True, text=True)
         epoch = re.search(r"epoch 2/2: .* ([\d.]+)s \(.*\| val .* ([\d.]+)s", trained.stdout)
         if trained.returncode or not epoch:
@@ -241,7 +245,6 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     image, points, density = dataset.synthetic_image(rng, height=768, width=1024)
-    from PIL import Image
     pil = Image.fromarray(image)
     scales = [dataset.resize_rgb(pil, s)[None] for s in dataset.SCALES]
     torch.manual_seed(0)
@@ -266,12 +269,43 @@ def main(argv=None):
                      f"{results[key] / results['fcn_seconds_per_image']:.0f}x"))
 
     grid = saliency_grid(model, scales)[0]
-    saliency = metrics.resize_map(grid, density.shape)
     other = np.zeros_like(points)
     other[rng.integers(0, 768, 1000), rng.integers(0, 1024, 1000)] = True
-    results["metrics_seconds_per_image"] = median_seconds(
-        lambda: metrics.score_image(saliency, points, density, other), repeats, device)
-    rows.append(("all 8 metrics, 1024x768", f"{results['metrics_seconds_per_image']:.3f} s/image"))
+    shuffle = metrics.bms_shuffle_map([other, points], density.shape)
+    with tempfile.TemporaryDirectory() as tmp:  # another model's map, as test.py --maps reads it
+        png = Path(tmp) / "map.png"
+        Image.fromarray((metrics.as_submitted_map(grid, density.shape).cpu().numpy() * 255
+                         ).astype(np.uint8)).save(png)
+        scoring = {"decoding an 8-bit 1024x768 map (test.py --maps)": median_seconds(
+            lambda: map_folders.read_map(png), repeats, device)}
+        for source, saliency in (("the model's 50x50 map", grid),
+                                 ("an 8-bit 1024x768 map", map_folders.read_map(png))):
+            scoring[f"8 metrics, {source}"] = median_seconds(lambda: metrics.score_image(
+                metrics.as_submitted_map(saliency, density.shape), points, density, other),
+                repeats, device)
+            scoring[f"BMS protocols (13 blurs, 2 codes), {source}"] = median_seconds(
+                lambda: metrics.bms_shuffled_auc(saliency, points, shuffle, metrics.BMS_SIGMAS),
+                repeats, device)
+    results["scoring_seconds_per_image"] = scoring
+    results["metrics_seconds_per_image"] = scoring["8 metrics, the model's 50x50 map"]
+    rows += [(key, f"{value:.3f} s/image") for key, value in scoring.items()]
+
+    with tempfile.TemporaryDirectory() as tmp:  # what a run writes to TensorBoard
+        from torch.utils.tensorboard import SummaryWriter
+        writer, folder = SummaryWriter(tmp), Path(tmp) / "features"
+        val = dataset.load_synthetic(8, seed=1)
+        index, rel, labels = dataset.sample_locations(val.maps, torch.Generator().manual_seed(0))
+        crops = dataset.cut_crops([dataset.pad_images(s) for s in val.scales], index[:256],
+                                  rel[:256])
+        cpu_model = build_model("MrCNN")
+        pictures = {"first batch's feature pictures (once a run)": lambda: save_feature_maps(
+            cpu_model, crops, labels[:256], writer, folder, 0),
+            "validation pictures (each validation)": lambda: log_validation(
+                writer, cpu_model, {}, [grid.cpu()] * len(val), val, folder, 0)}
+        results["tensorboard_seconds"] = {k: median_seconds(fn, repeats, torch.device("cpu"))
+                                          for k, fn in pictures.items()}
+        writer.close()
+    rows += [(f"TensorBoard: {k}", f"{v:.2f} s") for k, v in results["tensorboard_seconds"].items()]
 
     width = max(len(r[0]) for r in rows)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -34,7 +34,7 @@ from cli import HelpFormatter, progress as progress_report
 from devices import (DEVICES, PRECISIONS, autocast_context, keep_freed_memory, pick_device,
                      pick_precision)
 from distil import teacher_maps
-from features import FeatureRecorder, log_hparams, log_validation
+from features import log_hparams, log_validation, save_feature_maps
 from inference import predict_maps
 from models import MODELS, build_model
 from optimisation import FINAL_MOMENTUM, make_optimizer, momentum_at, train_step
@@ -156,9 +156,9 @@ def train_one_epoch(run, writer):
                                     None if rel is None else rel[sl], flip[sl])
         logits, loss = train_step(model, run["optimizer"], crops, labels[sl], run["precision"],
                                   args.max_norm, run["scaler"])
-        if run["recorder"] is not None:  # its hooks saw this first step
-            run["recorder"] = run["recorder"].save(model, writer, run["dir"] / "features",
-                                                   run["step"])
+        if run.pop("show_features", False):  # the first batch: what each scale's stream makes
+            save_feature_maps(model, crops, labels[sl], writer, run["dir"] / "features",
+                              run["step"])  # of both kinds of location
         loss_sum += loss.detach() * len(logits)
         correct += ((logits.detach() > 0) == (labels[sl] > 0.5)).sum()
         seen += len(logits)
@@ -294,7 +294,7 @@ def build(args, command=""):
            "generator": torch.Generator().manual_seed(args.seed), "name": run_dir.name,
            "dir": run_dir, "epoch": 0, "step": 0, "best": -math.inf, "best_epoch": 0,
            "best_val": {}, "progress": dict(EPOCH_START), "command": command, "stop": False,
-           "recorder": FeatureRecorder(model.stream(0)) if resume_state is None else None,
+           "show_features": resume_state is None,
            "train_scales": [dataset.pad_images(s).to(device) for s in train_set.scales],
            "targets": targets}
     if resume_state is not None:
@@ -350,8 +350,8 @@ def train(run):
                 start = time.perf_counter()
                 last_val, maps = validate(run["model"], val_set, run["val_locations"],
                                           run["val_scales"], run["precision"])
-                log_validation(writer, run["model"], last_val, maps, run["dir"] / "features",
-                               run["step"])
+                log_validation(writer, run["model"], last_val, maps, val_set,
+                               run["dir"] / "features", run["step"])
                 line += (f" | val loss {last_val['loss']:.4f} AUC-Judd {last_val['auc_judd']:.4f}"
                          f" sAUC {last_val['auc_shuffled']:.4f} {time.perf_counter() - start:.1f}s")
                 if last_val[run["selected_on"]] > run["best"]:

@@ -16,6 +16,7 @@ from PIL import Image
 
 import dataset
 import distil
+import features
 import inference
 import main
 import optimisation
@@ -32,8 +33,8 @@ def test_a_few_epochs_on_the_synthetic_set_lift_val_auc_well_above_chance(tmp_pa
     assert not interrupted
     assert result["auc_judd"] > 0.65
     run_dir = tmp_path / "checkpoint" / "run"
-    for name in ("best.pth", "last.pth", "final_model.pth", "features/conv1_filters.png",
-                 "features/conv1_crop0.png"):
+    for name in ("best.pth", "last.pth", "final_model.pth", "features/conv1_filters_scale250.png",
+                 "features/scale150_sample0_fixation.png"):
         assert (run_dir / name).is_file(), name
     assert list((tmp_path / "logs" / "run").glob("events.out.tfevents.*"))
     state = load_checkpoint(run_dir / "final_model.pth")
@@ -63,6 +64,46 @@ def test_the_original_projects_flags_keep_their_meaning(tmp_path, small_syntheti
     assert list((tmp_path / "tb" / "r").glob("events.out.tfevents.*"))
     assert not list(run_dir.glob("events.out.*"))
     torch.set_num_threads(os.cpu_count())
+
+
+def test_tensorboard_shows_labelled_features_inputs_beside_maps_and_result_changing_hparams(
+        tmp_path, small_synthetic):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    run = main.build(make_args(tmp_path, "--epochs", "1", "--batch-size", "64", "--model",
+                               "MrCNNs", "--batch-norm"))
+    main.train(run)
+    events = EventAccumulator(str(tmp_path / "logs" / "run"), size_guidance={"images": 0})
+    events.Reload()
+    images = set(events.Tags()["images"])
+    for size in dataset.SCALES:  # MrCNNs: the shared stream on each scale
+        assert {f"features/scale{size}/sample0_fixation", f"features/scale{size}/sample1_fixation",
+                f"features/scale{size}/sample2_non_fixation",
+                f"features/scale{size}/sample3_non_fixation"} <= images
+    assert "features/conv1_filters" in images  # one stream, one set of filters
+    shown = sorted(run["val_set"].names)[:3]
+    for name in shown:  # image | fixation density | prediction, at the image's size
+        [picture] = events.Images(f"val/{name}")
+        assert (picture.width, picture.height) == (3 * 400 + 8, 400)
+    assert not [tag for tag in images if tag.startswith("val/") and tag[4:] not in shown]
+    content = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]).session_start_info
+    assert set(session.hparams) == {*features.HPARAMS, "data", "teachers"}
+    assert session.hparams["batch_norm"].string_value == "true"
+    assert session.hparams["fold"].string_value == "none"
+    assert session.hparams["data"].string_value == "synthetic"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        "best/val_loss", "best/val_auc_judd", "best/val_auc_shuffled", "best/epoch"}
+
+
+def test_a_constant_activation_is_drawn_mid_grey():
+    grid = features.image_grid(torch.stack([torch.full((4, 4), 3.0), torch.arange(16.0).view(
+        4, 4)]), columns=2)
+    assert torch.all(grid[:4, :4] == 0.5)
+    assert grid[:4, 5:9].min() == 0 and grid[:4, 5:9].max() == 1
 
 
 def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(tmp_path,
