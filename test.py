@@ -131,10 +131,14 @@ def tune_post_processing(state, model, args, precision):
     return {"blur_sigma": best[1], "centre_weight": best[2], "val_auc_judd": best[0]}
 
 
+SHORT_NAMES = {"auc_judd": "AUC-Judd", "auc_shuffled": "sAUC", "auc_borji": "AUC-Borji",
+               "nss": "NSS", "cc": "CC", "similarity": "SIM", "kl_divergence": "KL",
+               "coursework_auc": "cw-AUC"}
+SUMMARY_METRICS = ("auc_shuffled", "auc_judd", "nss", "cc")  # the cross-validation table's
+
+
 def print_table(table, n_images):
-    short = {"auc_judd": "AUC-Judd", "auc_shuffled": "sAUC", "auc_borji": "AUC-Borji",
-             "nss": "NSS", "cc": "CC", "similarity": "SIM", "kl_divergence": "KL",
-             "coursework_auc": "cw-AUC"}
+    short = SHORT_NAMES
     print(f"\n{n_images} images, mean +- 95% CI" if n_images > 1 else
           f"\n{n_images} image: no 95% CI, and no sAUC (its negatives are other images' "
           f"fixations)")
@@ -523,10 +527,19 @@ def cross_validate(args, device, precision, output_dir):
         fixations = [dataset.read_fixation_points(args.data_dir, name) for name in names]
         block = literature(args, {"raw": raw_maps, "centre_bias": [centre_bias_map()] * len(
             names)}, fixations)
+    val = set(dataset.read_split("val"))  # the images that chose the recipes' settings
+    blind = [i for i, name in enumerate(names) if name not in val]
+    blind_table = metrics.confidence_table({default_row: [pooled[default_row][i]
+                                                          for i in blind]})[default_row]
     write_results(output_dir, names, pooled, {
         "protocol": f"{dataset.N_FOLDS}-fold cross-validation", "split": "all folds",
-        "inference": args.inference, "seed": args.seed, "folds": per_fold}, default_row,
+        "inference": args.inference, "seed": args.seed, "folds": per_fold,
+        "without_val_split": {"n_images": len(blind), **blind_table}}, default_row,
         block, args.data_dir)
+    print(f"\n{default_row}, without the {len(names) - len(blind)} images of the 803/100/100 "
+          f"split's val set (fold 8), on which the recipes' settings were chosen: "
+          + ", ".join(f"{SHORT_NAMES[m]} {blind_table[m]['mean']:.4f} +- "
+                      f"{blind_table[m]['ci95']:.4f}" for m in SUMMARY_METRICS))
     if not without_maps:
         save_raw_maps(output_dir / RAW_MAPS, names, raw_maps)
     print(f"\nwrote {output_dir / 'metrics.json'} and {output_dir / 'per_image.csv'}"

@@ -401,7 +401,20 @@ def test_compare_results_pairs_the_images_both_scored(tmp_path, capsys):
         assert table[m]["difference"]["ci95"] == pytest.approx(0.0, abs=1e-12)
         assert table[m]["a"]["ci95"] > 0.02 and table[m]["b"]["mean"] == pytest.approx(0.6)
     compare([str(tmp_path / "a"), str(tmp_path / "b")])
-    assert "6 images in both (7 in A, 6 in B)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 images in both (7 in A, 6 in B)" in out and "A ahead" in out  # +0.01, no spread
+    # a second run of A's recipe 0.02 above A: +0.01 is within the rerun spread, so level
+    (tmp_path / "a2").mkdir()
+    with open(tmp_path / "a2" / "per_image.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "row", *metrics.METRIC_NAMES])
+        for name, value in a_scores.items():
+            writer.writerow([name, "raw", *[value + 0.02] * len(metrics.METRIC_NAMES)])
+    _, spread = compare([str(tmp_path / "a"), str(tmp_path / "b"), "--rerun",
+                         str(tmp_path / "a2")])
+    assert spread == {m: pytest.approx(0.02) for m in metrics.METRIC_NAMES}
+    out = capsys.readouterr().out
+    assert "rerun spread" in out and "A ahead" not in out and out.count("level") == 8
     with pytest.raises(SystemExit, match="has no row 'post_processed'"):
         compare([str(tmp_path / "a"), str(tmp_path / "b"), "--row", "post_processed"])
 
@@ -426,3 +439,24 @@ def test_a_missing_data_dir_is_the_only_line_test_py_prints(tmp_path):
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.startswith("error: data dir nowhere does not exist")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kept, row_start", [
+    ("cv_adam", "| MrCNN, the shipped teacher's recipe"),
+    ("cv_sgd", "| MrCNN, the paper's SGD recipe")])
+def test_the_readmes_cross_validation_rows_pool_from_the_scores_kept_in_docs(tmp_path, kept,
+                                                                             row_start):
+    """Each printed figure of these rows (and of the centre bias) is what test.py --folds gives
+    over docs/<kept>/fold0..9, to the last printed digit."""
+    assert set(dataset.read_split("val")) == set(dataset.read_split("fold8/test"))
+    folders = [str(ROOT / "docs" / kept / f"fold{k}") for k in range(10)]
+    assert load_test_py().main(["--data-dir", str(tmp_path / "absent"), "--folds", *folders,
+                                "--output-dir", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    for start, row in ((row_start, "raw"), ("| centre bias (Gaussian)", "centre_bias")):
+        [line] = [line for line in readme if line.startswith(start)]
+        cells = [c.replace("*", "").split("+-") for c in line.split("|")[2:6]]
+        for metric, (mean, ci) in zip(("auc_shuffled", "auc_judd", "nss", "cc"), cells):
+            assert f"{rows[row][metric]['mean']:.4f}" == mean.strip(), (row, metric)
+            assert f"{rows[row][metric]['ci95']:.4f}" == ci.strip(), (row, metric)
