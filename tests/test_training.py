@@ -66,6 +66,16 @@ def test_the_original_projects_flags_keep_their_meaning(tmp_path, small_syntheti
     torch.set_num_threads(os.cpu_count())
 
 
+def test_help_lists_at_most_32_options_with_the_original_flags_among_them(tmp_path):
+    result = run_main(tmp_path, "--help")
+    options = [line.split()[0].rstrip(",") for line in result.stdout.splitlines()
+               if line.startswith("  -")]
+    assert result.returncode == 0 and len(options) <= 32
+    for flag in ("--model", "--learning-rate", "--batch-size", "--epochs", "--val-frequency",
+                 "--checkpoint-frequency", "-j", "--log-dir"):
+        assert flag in options, flag
+
+
 def test_tensorboard_shows_labelled_features_inputs_beside_maps_and_result_changing_hparams(
         tmp_path, small_synthetic):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
