@@ -12,6 +12,7 @@ models may add ``post_processing`` and ``training_note``.
 import os
 import random
 import re
+import socket
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import numpy as np
 import torch
 
 from models import build_model
+
+
+LOCK_FILE = ".lock"  # in a run folder: the pid and host of the process writing it
 
 
 class CheckpointError(Exception):
@@ -135,6 +139,59 @@ def protocol_name(fold):
     return "the 803/100/100 split" if fold is None else f"--fold {fold}"
 
 
+def lock_run_dir(run_dir):
+    """Make this process the one writer of ``run_dir``: run_dir/.lock holds its pid and host.
+    SystemExit naming the holder where another live process on this host holds it (or one on
+    another host); a lock whose process has ended is taken over, and this process's own lock
+    is kept. ``release_run_dir`` gives it up."""
+    path, me = Path(run_dir) / LOCK_FILE, f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = path.read_text().split()
+            except OSError:
+                continue  # released meanwhile
+            pid, host = (int(holder[0]), holder[1]) if len(holder) == 2 and \
+                holder[0].isdigit() else (0, socket.gethostname())
+            if holder == me.split():
+                return
+            if host == socket.gethostname() and not _alive(pid):
+                path.unlink(missing_ok=True)  # left by a killed process: take it over
+                continue
+            raise SystemExit(f"error: {run_dir} is being written by process {pid} on {host} "
+                             f"(lock file {path}); wait for that run to end or stop it. (A "
+                             f"lock left by a process that has ended is taken over.)")
+        except OSError as error:
+            raise SystemExit(f"error: cannot write to run folder {run_dir} "
+                             f"({error.strerror}). Pass a writable --checkpoint-dir.")
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(me)
+        return
+    raise SystemExit(f"error: cannot take the lock {path} of run folder {run_dir}; try again.")
+
+
+def release_run_dir(run_dir):
+    """Give up this process's lock of ``run_dir`` (``lock_run_dir``), if it holds it."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        if path.read_text().split() == [str(os.getpid()), socket.gethostname()]:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
 def new_run_dir(checkpoint_dir, name, numbered=True):
     """Create checkpoint_dir/name for a new run and return it. The folder belongs to this run
     alone: when it exists, ``numbered`` tries name-2, name-3, ...; otherwise SystemExit."""
@@ -142,6 +199,7 @@ def new_run_dir(checkpoint_dir, name, numbered=True):
         folder = Path(checkpoint_dir) / (name if attempt == 1 else f"{name}-{attempt}")
         try:
             folder.mkdir(parents=True)  # atomic: two runs started together get two folders
+            lock_run_dir(folder)
             return folder
         except FileExistsError:
             continue
@@ -202,11 +260,13 @@ def resumed_args(path):
 
 
 def resume_dir(args, state):
-    """The run folder that resuming ``state`` (main.py's ``args.resume``) writes to, once the
-    resume rules allow it: SystemExit where ``args`` changes what the run was built with, or
-    where the folder holds a later checkpoint of the run."""
+    """The run folder that resuming ``state`` (main.py's ``args.resume``) writes to: the folder
+    the checkpoint is in, wherever it was moved (never another run's folder of the same name),
+    once the resume rules allow it: SystemExit where ``args`` changes what the run was built
+    with, or where the folder holds a later checkpoint of the run."""
     refuse_changed_flags(args, state.get("args", {}))
-    run_dir = Path(args.checkpoint_dir) / (args.run_name or state["run_name"])
+    run_dir = Path(args.resume).parent
+    lock_run_dir(run_dir)  # before anything else reads what another writer may be changing
     refuse_going_back(args.resume, state, run_dir)
     return run_dir
 

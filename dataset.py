@@ -931,6 +931,15 @@ def main(argv=None):
                   f"points. Train with: python main.py --data-dir {args.output_dir}")
         elif args.command == "split":
             names, _ = mit_layout_names(args.data_dir)
+            folds = SPLIT_DIR / f"mit1003_folds{N_FOLDS}.txt"
+            described = {line.split()[0] for line in folds.read_text().splitlines()
+                         if line.strip()} if folds.is_file() else set(names)
+            if set(names) != described:
+                raise DatasetError(
+                    f"{args.data_dir} holds other images than the {len(described)} that "
+                    f"{SPLIT_DIR.name}/ describes (MIT1003's), so its split files are left as "
+                    f"they are. Another dataset needs no split files: main.py and test.py give "
+                    f"it a split of its own.")
             SPLIT_DIR.mkdir(exist_ok=True)
             splits, folds = make_splits(names)
             for name, members in splits.items():

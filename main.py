@@ -28,8 +28,8 @@ from torch import nn
 import dataset
 import metrics
 from checkpoints import (CheckpointError, capture_rng, load_checkpoint, load_resumable,
-                         model_to_continue, new_run_dir, refuse_leaks, restore_rng, resume_dir,
-                         resumed_args, save_checkpoint)
+                         model_to_continue, new_run_dir, refuse_leaks, release_run_dir,
+                         restore_rng, resume_dir, resumed_args, save_checkpoint)
 from cli import HelpFormatter, progress as progress_report
 from devices import (DEVICES, PRECISIONS, autocast_context, keep_freed_memory, pick_device,
                      pick_precision)
@@ -393,6 +393,7 @@ def train(run):
                          f"Free some space or pass another --checkpoint-dir, then --resume "
                          f"{run['dir'] / 'last.pth'}.")
     finally:
+        release_run_dir(run["dir"])
         for s, handler in previous.items():
             signal.signal(s, handler)
         if finished and run["best_val"]:

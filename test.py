@@ -651,6 +651,9 @@ def main(argv=None):
         if tuned and Path(tuned).resolve() == evaluated.resolve():
             raise UsageError(f"--tune-post-processing {tuned} would overwrite the checkpoint "
                              f"it evaluates; name a new file.")
+        if tuned and Path(tuned).exists():
+            raise UsageError(f"--tune-post-processing {tuned} exists, and it writes a new file: "
+                             f"name one that does not exist, or remove {tuned} first.")
         if tuned:
             ensure_output_dir(Path(tuned).parent, "--tune-post-processing")
         precision = pick_precision(args.precision, device)

@@ -269,3 +269,19 @@ def test_exported_coursework_files_read_back_as_the_split_they_came_from(tmp_pat
     with pytest.raises(SystemExit, match="cannot write to .*a_file.*Pass a writable --output-dir"):
         export(["--data-dir", str(tmp_path / "src"), "--output-dir",
                 str(tmp_path / "a_file" / "cw"), "--cache-dir", str(tmp_path / "cache")])
+    before = (tmp_path / "cw" / "train_data.pth.tar").read_bytes()
+    for existing in (tmp_path / "cw", tmp_path / "src"):  # what exists is never replaced
+        with pytest.raises(SystemExit, match="would replace|is the data dir"):
+            export(["--data-dir", str(tmp_path / "src"), "--output-dir", str(existing),
+                    "--cache-dir", str(tmp_path / "cache")])
+    assert (tmp_path / "cw" / "train_data.pth.tar").read_bytes() == before
+    assert not (tmp_path / "src" / "train_data.pth.tar").exists()
+
+
+def test_split_files_are_never_rewritten_from_a_folder_that_is_not_mit1003(tmp_path):
+    write_mit_folder(tmp_path / "other", ["a", "b", "c", "d"])
+    before = {p.name: p.read_bytes() for p in dataset.SPLIT_DIR.iterdir()}
+    with pytest.raises(SystemExit, match="holds other images than the 1003 that splits/ "
+                                         "describes"):
+        dataset.main(["split", "--data-dir", str(tmp_path / "other")])
+    assert {p.name: p.read_bytes() for p in dataset.SPLIT_DIR.iterdir()} == before

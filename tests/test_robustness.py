@@ -172,6 +172,11 @@ def test_tuning_post_processing_writes_a_new_file_and_never_the_evaluated_one(tm
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert (f"cannot write to folder {tmp_path / 'a_file'} (a file stands where a folder is "
             f"needed). Pass a writable --tune-post-processing." in result.stderr)
+    (tmp_path / "tuned.pth").write_bytes(b"a file the user made")
+    result = run_script(tmp_path, "test.py", "--checkpoint", str(shipped),
+                        "--tune-post-processing", str(tmp_path / "tuned.pth"))
+    assert result.returncode != 0 and "exists, and it writes a new file" in result.stderr
+    assert (tmp_path / "tuned.pth").read_bytes() == b"a file the user made"
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -466,3 +471,43 @@ except KeyboardInterrupt:
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1 and stderr.strip() == "stopped", stderr
+
+
+# ----------------------------------------------------------------------------- run folders
+def test_a_moved_run_resumes_in_its_own_folder_never_over_a_run_of_the_same_name(
+        tmp_path, small_synthetic):
+    main.train(main.build(make_args(tmp_path, "--epochs", "1", "--batch-size", "64")))
+    run_dir = tmp_path / "checkpoint" / "run"
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    main.train(main.build(make_args(tmp_path / "other", "--epochs", "1", "--batch-size", "64",
+                                    "--checkpoint-dir", str(tmp_path / "checkpoint"))))
+    unrelated = (run_dir / "final_model.pth").read_bytes()  # a new run of the same name
+    main.train(main.build(make_args(tmp_path, "--epochs", "2", "--batch-size", "64",
+                                    "--resume", str(moved / "last.pth"))))
+    assert load_checkpoint(moved / "final_model.pth")["epoch"] == 2
+    assert (run_dir / "final_model.pth").read_bytes() == unrelated
+    assert not (moved / ".lock").exists()  # released when the run ended
+
+
+def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(tmp_path,
+                                                                          small_synthetic):
+    import checkpoints
+    main.train(main.build(make_args(tmp_path, "--epochs", "1", "--batch-size", "64")))
+    run_dir = tmp_path / "checkpoint" / "run"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".lock").write_text(f"{other.pid} {__import__('socket').gethostname()}")
+        with pytest.raises(SystemExit, match=f"is being written by process {other.pid}"):
+            main.build(make_args(tmp_path, "--epochs", "2", "--batch-size", "64", "--resume",
+                                 str(run_dir / "last.pth")))
+    finally:
+        other.kill()
+        other.wait()
+    # that process has ended: its lock is taken over, and the run resumes
+    run = main.build(make_args(tmp_path, "--epochs", "2", "--batch-size", "64", "--resume",
+                               str(run_dir / "last.pth")))
+    assert (run_dir / ".lock").read_text().split()[0] == str(os.getpid())
+    checkpoints.release_run_dir(run["dir"])
+    assert not (run_dir / ".lock").exists()

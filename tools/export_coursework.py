@@ -31,6 +31,13 @@ def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
     crop centres in 400x400 pixels. Also copies ALLFIXATIONMAPS beside them.
     """
     output_dir = Path(output_dir)  # made by the first write, once the data have been read
+    there = [n for n in [*COURSEWORK_FILES.values(), MAPS] if (output_dir / n).exists()]
+    if there:
+        raise DatasetError(f"{output_dir} already holds {', '.join(there)}, which this export "
+                           f"would replace. Pass a new --output-dir, or remove them first.")
+    if output_dir.resolve() == Path(data_dir).resolve():
+        raise DatasetError(f"--output-dir {output_dir} is the data dir: the coursework files "
+                           f"would turn it into a coursework folder. Pass another folder.")
     stimuli = mit_layout_names(data_dir)[1]  # name -> its file, whatever its extension
     for split in ("train", "val", "test"):
         data = load_mit(data_dir, split, cache_dir)
@@ -52,8 +59,7 @@ def export_coursework(data_dir, output_dir, cache_dir=".cache", seed=0):
                     record[f"X_{s}"] = scale[i].float() / 255
                 records.append(record)
         save_checkpoint(records, output_dir / COURSEWORK_FILES[split])  # atomic
-    if not (output_dir / MAPS).exists():
-        shutil.copytree(Path(data_dir) / MAPS, output_dir / MAPS)
+    shutil.copytree(Path(data_dir) / MAPS, output_dir / MAPS)
 
 
 def main(argv=None):
