@@ -48,7 +48,7 @@ N_FOLDS = 10
 SYNTHETIC = "synthetic"
 SYNTHETIC_SIZES = {"train": 32, "val": 8}
 STIMULI, MAPS = "ALLSTIMULI", "ALLFIXATIONMAPS"
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class DatasetError(Exception):

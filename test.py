@@ -641,6 +641,10 @@ def main(argv=None):
                                  ("-j", args.worker_count or 1, 1)):
             if value < low:
                 raise UsageError(f"{flag} must be at least {low} (got {value})")
+        if args.grid_size > dataset.SCALES[0]:
+            raise UsageError(f"--grid-size must be at most {dataset.SCALES[0]}, one location per "
+                             f"pixel of the {dataset.SCALES[0]}x{dataset.SCALES[0]} copy (got "
+                             f"{args.grid_size})")
         split_fold = fold_of_split(args.split)
         if args.split not in ("train", "val", "test", "all") and \
                 (split_fold is None or split_fold >= dataset.N_FOLDS):

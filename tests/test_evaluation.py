@@ -152,16 +152,16 @@ def test_own_images_from_a_folder_skip_an_unreadable_file_write_the_rest_and_fai
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
-    for name in ("a.png", "c.jpg"):
+    for name in ("a.png", "c.jpg", "d.webp", "e.gif"):  # a folder yields every format a file does
         Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(photos / name)
     (photos / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (photos / "notes.txt").write_text("not an image, not taken")
     out = tmp_path / "maps"
     result = run_test_py(tmp_path, "--images", str(photos), "--output-dir", str(out))
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "1 of the 3 images could not be read (b.jpg" in result.stderr
+    assert "1 of the 5 images could not be read (b.jpg" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "a_overlay.png", "a_saliency.png", "c_overlay.png", "c_saliency.png"]
+        f"{n}_{kind}.png" for n in "acde" for kind in ("overlay", "saliency")]
 
 
 @pytest.mark.parametrize("layout, message", [
@@ -372,11 +372,16 @@ def test_scoring_all_of_mit1003_warns_that_it_holds_the_training_images():
 
 
 @pytest.mark.parametrize("split", ["fold10/test", "fold3/val", "fold/test", "foldx/test",
-                                   "fold-1/test", "everything"])
+                                   "fold-1/test", "fold\u00b2/test", "everything"])
 def test_an_unknown_split_is_one_clear_error(tmp_path, split):
     with pytest.raises(SystemExit, match=f"unknown --split '{split}': choose train, val, test, "
                                          f"all or fold<K>/test with K in 0..9"):
         load_test_py().main(["--split", split, "--output-dir", str(tmp_path / "out")])
+
+
+def test_a_grid_finer_than_the_largest_copy_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="--grid-size must be at most 400"):
+        load_test_py().main(["--grid-size", "100000", "--output-dir", str(tmp_path / "out")])
 
 
 def test_compare_results_pairs_the_images_both_scored(tmp_path, capsys):
