@@ -80,9 +80,12 @@ def find_map_folders(folders, names, taken=()):
     the names it lacks, in the order of ``names``}). A row is named by its folder, or by its
     path where two folders share a name or the name is ``taken`` (by another row of the table);
     MapFolderError as ``find_maps`` says."""
-    counts = {}
+    counts, seen = {}, set()
     for folder in map(Path, folders):
         counts[folder.name] = counts.get(folder.name, 0) + 1
+        if folder.resolve() in seen:
+            raise MapFolderError(f"--maps names {folder} twice. Name each folder once.")
+        seen.add(folder.resolve())
     rows, missing = {}, {}
     for folder in map(Path, folders):
         unique = counts[folder.name] == 1 and folder.name and folder.name not in taken

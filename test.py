@@ -358,7 +358,8 @@ def evaluate_maps(args, device, precision):
         args.data_dir, args.split, args.worker_count)
     files, missing = map_folders.find_map_folders(args.maps, data.names, TABLE_ROWS)
     lacking = next(((row, names) for row, names in missing.items() if names), None)
-    left_out = sorted({name for names in missing.values() for name in names})
+    missing_somewhere = {name for names in missing.values() for name in names}
+    left_out = sorted(missing_somewhere)
     if lacking and not args.skip_missing:
         row, names = lacking
         raise UsageError(f"{len(names)} of the {len(data)} images of --split {args.split} have no "
@@ -366,15 +367,19 @@ def evaluate_maps(args, device, precision):
                          f"{', '.join(names[:3])}. Add them, or pass --skip-missing to score "
                          f"the others.")
     if left_out:
-        kept = [i for i, name in enumerate(data.names) if name not in set(left_out)]
+        kept = [i for i, name in enumerate(data.names) if name not in missing_somewhere]
         if not kept:
             raise UsageError(f"no image of --split {args.split} has a map in every folder of "
                              f"--maps. Check the folders' file names (<image name>.png, ...).")
         data = data.subset(kept)
-        print(f"--skip-missing: {len(left_out)} images without a map in every folder are left "
-              f"out, e.g. {', '.join(left_out[:3])}; {len(data)} are scored", flush=True)
+        print(f"--skip-missing: {len(left_out)} image{'s' * (len(left_out) > 1)} without a "
+              f"map in every folder left out, e.g. {', '.join(left_out[:3])}; {len(data)} "
+              f"scored", flush=True)
     rows = {row: [map_folders.read_map(paths[name]) for name in data.names]
             for row, paths in files.items()}
+    print(f"maps of {', '.join(files)}" + (f" and {args.checkpoint} ({state['model']}) on "
+          f"{device}, {precision}" if model else "") + f": split {args.split} of "
+          f"{args.data_dir}", flush=True)
     if model is not None:
         rows = model_rows(args, state, model, precision, data) | rows
     output_dir = ensure_output_dir(args.output_dir)

@@ -90,7 +90,7 @@ def test_skip_missing_scores_the_images_every_folder_has_and_says_how_many_it_le
     result = run_test_py(mini, "--data-dir", "mini", "--split", "all", "--maps", "model",
                          "--output-dir", "out", "--skip-missing")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "1 images without a map in every folder are left out, e.g. b" in result.stdout
+    assert "1 image without a map in every folder left out, e.g. b; 3 scored" in result.stdout
     summary = json.loads((mini / "out" / "metrics.json").read_text())
     assert summary["n_images"] == 3 and summary["skipped"] == {"count": 1, "names": ["b"]}
 
@@ -143,3 +143,18 @@ def test_a_constant_map_scores_one_half_under_the_bms_protocols_without_a_warnin
     literature = json.loads((mini / "out" / "metrics.json").read_text())["literature"]
     for protocol in metrics.BMS_PROTOCOLS:
         assert literature[protocol]["means"] == [pytest.approx(0.5)] * len(metrics.BMS_SIGMAS)
+
+
+def test_two_folders_are_two_rows_and_one_folder_twice_is_refused(mini):
+    (mini / "copy").mkdir()
+    for path in (mini / "model").iterdir():
+        (mini / "copy" / path.name).write_bytes(path.read_bytes())
+    result = run_test_py(mini, "--data-dir", "mini", "--split", "all", "--maps", "model", "copy",
+                         "--output-dir", "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((mini / "out" / "metrics.json").read_text())["rows"]
+    assert list(rows) == ["model", "copy", "centre_bias", "chance"]
+    assert rows["model"] == rows["copy"]  # the same maps score alike
+    twice = run_test_py(mini, "--data-dir", "mini", "--split", "all", "--maps", "model",
+                        "./model", "--output-dir", "out2")
+    assert twice.returncode != 0 and "--maps names model twice" in twice.stderr
