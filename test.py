@@ -581,6 +581,10 @@ def image_files(paths, output_dir):
         raise UsageError(f"{' and '.join(clashes[0])} would write the same output files "
                          f"({Path(clashes[0][0]).stem}_saliency.png). Rename one or run them "
                          f"with different --output-dir.")
+    if Path(output_dir).resolve().name in (dataset.STIMULI, dataset.MAPS):
+        raise UsageError(f"--output-dir {output_dir} is a dataset's {Path(output_dir).name} "
+                         f"folder: maps written there would break the dataset. Pass another "
+                         f"--output-dir.")
     inputs = {p.resolve() for p in files}
     for path in files:
         for suffix in OUTPUT_SUFFIXES:

@@ -344,6 +344,16 @@ def test_images_are_read_upright_and_float_images_keep_their_brightness(tmp_path
     assert read.max() == 255 and abs(read.mean() - 127.5) < 2  # not black
 
 
+def test_maps_of_a_datasets_own_images_never_go_into_the_dataset(tmp_path):
+    write_mit_folder(tmp_path / "mini", ["a", "b", "c"])
+    stimuli = tmp_path / "mini" / dataset.STIMULI
+    result = run_script(tmp_path, "test.py", "--images", str(stimuli), "--output-dir",
+                        str(stimuli))
+    assert result.returncode != 0 and "maps written there would break the dataset" in \
+        result.stderr
+    assert sorted(p.name for p in stimuli.iterdir()) == ["a.jpeg", "b.jpeg", "c.jpeg"]
+
+
 def test_maps_never_overwrite_the_images_they_come_from(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
