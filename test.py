@@ -532,7 +532,10 @@ def cross_validate(args, device, precision, output_dir):
         fixations = [dataset.read_fixation_points(args.data_dir, name) for name in names]
         block = literature(args, {"raw": raw_maps, "centre_bias": [centre_bias_map()] * len(
             names)}, fixations)
-    val = set(dataset.read_split("val"))  # the images that chose the recipes' settings
+    try:  # the images that chose the recipes' settings
+        val = set(dataset.read_split("val"))
+    except (OSError, dataset.DatasetError):
+        val = set()
     blind = [i for i, name in enumerate(names) if name not in val]
     blind_table = metrics.confidence_table({default_row: [pooled[default_row][i]
                                                           for i in blind]})[default_row]
@@ -541,10 +544,11 @@ def cross_validate(args, device, precision, output_dir):
         "inference": args.inference, "seed": args.seed, "folds": per_fold,
         "without_val_split": {"n_images": len(blind), **blind_table}}, default_row,
         block, args.data_dir)
-    print(f"\n{default_row}, without the {len(names) - len(blind)} images of the 803/100/100 "
-          f"split's val set (fold 8), on which the recipes' settings were chosen: "
-          + ", ".join(f"{SHORT_NAMES[m]} {blind_table[m]['mean']:.4f} +- "
-                      f"{blind_table[m]['ci95']:.4f}" for m in SUMMARY_METRICS))
+    if len(blind) < len(names):
+        print(f"\n{default_row}, without the {len(names) - len(blind)} images of the 803/100/100 "
+              f"split's val set (fold 8), on which the recipes' settings were chosen: "
+              + ", ".join(f"{SHORT_NAMES[m]} {blind_table[m]['mean']:.4f} +- "
+                          f"{blind_table[m]['ci95']:.4f}" for m in SUMMARY_METRICS))
     if not without_maps:
         save_raw_maps(output_dir / RAW_MAPS, names, raw_maps)
     print(f"\nwrote {output_dir / 'metrics.json'} and {output_dir / 'per_image.csv'}"

@@ -12,7 +12,7 @@ from PIL import Image
 import dataset
 import metrics
 from checkpoints import load_checkpoint, model_from_checkpoint
-from conftest import PRETRAINED, ROOT, require_mit1003, write_mit_folder
+from conftest import PRETRAINED, ROOT, load_test_py, require_mit1003, write_mit_folder
 
 
 @pytest.mark.parametrize("name, n_parameters", [("MrCNN", 6_473_153), ("MrCNNs", 2_682_689)])
@@ -40,15 +40,6 @@ def test_shipped_mrcnn_names_teachers_that_ship_with_it():
         assert (ROOT / path).resolve() != (PRETRAINED / "MrCNN.pth").resolve(), path
         teacher = load_checkpoint(ROOT / path)
         assert teacher["model"] in ("MrCNN", "MrCNNs") and "command" in teacher
-
-
-def load_test_py():
-    """test.py as a module, loaded by path (``import test`` would find the standard library's)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_test_py(tmp_path, *args):

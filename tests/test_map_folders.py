@@ -9,7 +9,7 @@ from PIL import Image
 
 import dataset
 import metrics
-from conftest import PRETRAINED, ROOT, require_mit1003, write_mit_folder
+from conftest import PRETRAINED, ROOT, load_test_py, require_mit1003, write_mit_folder
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -122,14 +122,24 @@ def bad_map(folder, kind):
     ("two maps", "model holds two maps for image a: a.png and a_saliency.png"),
     ("empty", "--maps model holds no maps"),
     ("not a folder", "--maps nowhere is not a folder")])
-def test_a_bad_folder_or_map_is_one_line_and_leaves_no_output(mini, kind, message):
+def test_a_bad_folder_or_map_is_one_line_and_leaves_no_output(mini, kind, message,
+                                                              monkeypatch):
     bad_map(mini / "model", kind)
     folder = "nowhere" if kind == "not a folder" else "model"
-    result = run_test_py(mini, "--data-dir", "mini", "--split", "all", "--maps", folder,
+    monkeypatch.chdir(mini)
+    with pytest.raises(SystemExit) as exit_:
+        load_test_py().main(["--cache-dir", "cache", "--data-dir", "mini", "--split", "all",
+                             "--maps", folder, "--output-dir", "out"])
+    assert str(exit_.value).startswith("error: ") and message in str(exit_.value)
+    assert "\n" not in str(exit_.value) and not (mini / "out").exists()
+
+
+def test_a_bad_map_ends_the_script_with_one_line_and_no_traceback(mini):
+    bad_map(mini / "model", "truncated")
+    result = run_test_py(mini, "--data-dir", "mini", "--split", "all", "--maps", "model",
                          "--output-dir", "out")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not (mini / "out").exists()
+    assert result.returncode != 0 and result.stderr.startswith("error: cannot read map")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (mini / "out").exists()
 
 
 def test_a_constant_map_scores_one_half_under_the_bms_protocols_without_a_warning(mini):

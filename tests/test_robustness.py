@@ -261,7 +261,7 @@ def test_tools_run_as_scripts_from_anywhere_give_their_own_errors(tmp_path, tool
 # ----------------------------------------------------------------------------- interruption
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(
         tmp_path, small_synthetic, monkeypatch, capsys):
-    flags = ("--epochs", "3", "--batch-size", "64")  # 24 images x 30 samples: 11 steps/epoch
+    flags = ("--epochs", "3", "--batch-size", "32")  # 8 images x 30 samples: 7 steps/epoch
     main.train(main.build(make_args(tmp_path / "a", *flags)))
     steps = []
 
@@ -282,14 +282,14 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(
     main.train(main.build(make_args(tmp_path / "b", *flags, "--resume", str(saved))))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    assert ["min left" in line for line in lines] == [False, True, False]  # 1 was 5 steps of 11
+    assert ["min left" in line for line in lines] == [False, True, False]  # 1 was 1 step of 7
     straight = load_checkpoint(tmp_path / "a" / "checkpoint" / "run" / "final_model.pth")
     resumed = load_checkpoint(saved.parent / "final_model.pth")
-    assert resumed["step"] == straight["step"] == 33
+    assert resumed["step"] == straight["step"] == 21
     for name, value in straight["model_state"].items():
         assert torch.equal(value, resumed["model_state"][name]), name
-    with pytest.raises(SystemExit, match="stopped inside an epoch of batch size 64"):
-        main.build(make_args(tmp_path / "b", "--epochs", "3", "--batch-size", "32",
+    with pytest.raises(SystemExit, match="stopped inside an epoch of batch size 32"):
+        main.build(make_args(tmp_path / "b", "--epochs", "3", "--batch-size", "16",
                              "--resume", str(saved)))
 
 

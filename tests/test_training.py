@@ -59,7 +59,7 @@ def test_the_original_projects_flags_keep_their_meaning(tmp_path, small_syntheti
         "best.pth", "epoch2.pth", "final_model.pth", "last.pth"]
     state = load_checkpoint(run_dir / "epoch2.pth")
     assert (state["epoch"], state["model"], state["args"]["learning_rate"]) == (2, "MrCNNs", 0.002)
-    per_epoch = 24 * 30 // 48  # 24 scenes x 30 locations, whole batches of 48
+    per_epoch = dataset.SYNTHETIC_SIZES["train"] * 30 // 48  # 30 locations a scene, whole batches
     assert state["step"] == 2 * per_epoch
     assert list((tmp_path / "tb" / "r").glob("events.out.tfevents.*"))
     assert not list(run_dir.glob("events.out.*"))
