@@ -22,11 +22,12 @@ def progress(iterable, total, desc, unit="item", every=10.0):
         from tqdm import tqdm
         yield from tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)
         return
+    units = unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
     start = last = time.perf_counter()
     for done, item in enumerate(iterable, 1):
         yield item
         now = time.perf_counter()
         if now - last >= every and done < total:
-            print(f"{desc}: {done}/{total} {unit}s, {(now - start) / done * (total - done):.0f} s "
+            print(f"{desc}: {done}/{total} {units}, {(now - start) / done * (total - done):.0f} s "
                   f"left", file=sys.stderr, flush=True)
             last = now

@@ -59,3 +59,15 @@ def test_blur_map_keeps_the_mean_and_range_and_spreads_a_peak():
     assert blurred.max() < sharp.max() and blurred.min() >= 0
     assert float(blurred.sum()) == pytest.approx(float(sharp.sum()), rel=1e-3)
     assert (blurred > 0.5 * blurred.max()).sum() > (sharp > 0.5 * sharp.max()).sum()
+
+
+def test_progress_in_a_log_is_one_line_every_few_seconds_with_the_time_left(monkeypatch,
+                                                                          capsys):
+    """Where stderr is a file or a pipe (as here), no bar: a line at most every 10 s."""
+    import cli
+    clock = iter(range(0, 1000, 4))  # each reading 4 s after the last
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    assert list(cli.progress(range(10), 10, "dense maps", "batch")) == list(range(10))
+    assert capsys.readouterr().err.splitlines() == [
+        "dense maps: 3/10 batches, 28 s left", "dense maps: 6/10 batches, 16 s left",
+        "dense maps: 9/10 batches, 4 s left"]
