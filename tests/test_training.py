@@ -84,12 +84,12 @@ def test_tensorboard_shows_labelled_features_inputs_beside_maps_and_result_chang
         assert (picture.width, picture.height) == (3 * 400 + 8, 400)
     assert not [tag for tag in images if tag.startswith("val/") and tag[4:] not in shown]
     content = events.PluginTagToContent("hparams")
-    session = plugin_data_pb2.HParamsPluginData.FromString(
+    run_row = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/session_start_info"]).session_start_info
-    assert set(session.hparams) == {*features.HPARAMS, "data", "teachers"}
-    assert session.hparams["batch_norm"].string_value == "true"
-    assert session.hparams["fold"].string_value == "none"
-    assert session.hparams["data"].string_value == "synthetic"
+    assert set(run_row.hparams) == {*features.HPARAMS, "data", "teachers"}
+    assert run_row.hparams["batch_norm"].string_value == "true"
+    assert run_row.hparams["fold"].string_value == "none"
+    assert run_row.hparams["data"].string_value == "synthetic"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {
