@@ -456,10 +456,11 @@ def read_ground_truth(data_dir, name):
     return read_fixation_points(data_dir, name), density / top if top > 0 else density
 
 
-def _ground_truth_of(args):
-    """Worker: (data dir, name) -> that image's ground truth, or the reason it is unreadable."""
+def _read_or_reason(args):
+    """Worker: (reader, data dir, name) -> reader(data dir, name), or why it failed (a str)."""
+    reader, data_dir, name = args
     try:
-        return read_ground_truth(*args)
+        return reader(data_dir, name)
     except DatasetError as error:
         return str(error)
 
@@ -472,20 +473,13 @@ def load_ground_truth(data_dir, split="all", workers=None):
     if split != "all":
         names = split_names(split, names, data_dir)
     with Pool(max(1, min(workers or os.cpu_count() or 1, len(names))), init_pool_worker) as pool:
-        truths = pool.map(_ground_truth_of, [(str(data_dir), name) for name in names])
+        truths = pool.map(_read_or_reason, [(read_ground_truth, str(data_dir), name)
+                                            for name in names])
     for reason in (t for t in truths if isinstance(t, str)):
         warnings.warn(f"{reason} The image is skipped.")
     kept = [(n, t) for n, t in zip(names, truths) if not isinstance(t, str)]
     return SaliencySet([n for n, _ in kept], [], torch.empty(len(kept), 0, 0),
                        [t[0] for _, t in kept], [t[1] for _, t in kept])
-
-
-def _points_of(args):
-    """Worker: (data dir, name) -> that image's fixation points, or None if unreadable."""
-    try:
-        return read_fixation_points(*args)
-    except DatasetError:
-        return None
 
 
 def shuffle_map(data_dir, cache_dir=".cache", workers=None):
@@ -501,8 +495,9 @@ def shuffle_map(data_dir, cache_dir=".cache", workers=None):
     except (OSError, ValueError, KeyError):
         pass
     with Pool(max(1, workers or os.cpu_count() or 1), init_pool_worker) as pool:
-        points = [p for p in pool.map(_points_of, [(str(data_dir), n) for n in names])
-                  if p is not None]
+        points = [p for p in pool.map(_read_or_reason, [(read_fixation_points, str(data_dir),
+                                                         n) for n in names])
+                  if not isinstance(p, str)]
     if not points:
         raise DatasetError(f"no readable fixation map in {Path(data_dir) / MAPS}. See README.")
     counts = metrics.bms_shuffle_map(points, metrics.common_size(p.shape for p in points))

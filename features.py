@@ -6,7 +6,10 @@ import math
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
+
+from dataset import SCALES
 
 
 SAMPLES_PER_LABEL = 2  # feature pictures: this many fixation and non-fixation samples
@@ -63,7 +66,6 @@ def save_feature_maps(model, crops, labels, writer, folder, step):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from dataset import SCALES
     folder.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
@@ -93,9 +95,6 @@ def save_feature_maps(model, crops, labels, writer, folder, step):
 
 def save_filters(model, writer, folder, step):
     """The conv1 filters of each stream (one for MrCNNs) as a TensorBoard image and a PNG."""
-    from PIL import Image
-
-    from dataset import SCALES
     for s, size in enumerate(SCALES[:1] if model.shared_stream else SCALES):
         filters = model.stream(s).conv1.weight.detach().float().cpu()  # [96, 3, 7, 7]
         lo, hi = filters.min(), filters.max()

@@ -24,6 +24,7 @@ Conventions shared by all functions:
 """
 import csv
 import math
+from collections import Counter
 import multiprocessing
 import os
 import warnings
@@ -499,10 +500,7 @@ def resize_nearest(binary_map, shape):
 def common_size(shapes):
     """The most common (H, W) among ``shapes`` (the first of equals): the size at which the BMS
     protocols compare every image's maps."""
-    counts = {}
-    for shape in shapes:
-        counts[tuple(shape)] = counts.get(tuple(shape), 0) + 1
-    return max(counts, key=counts.get)
+    return Counter(tuple(shape) for shape in shapes).most_common(1)[0][0]
 
 
 def bms_shuffle_map(fixation_maps, shape):
