@@ -13,6 +13,7 @@ comparable; absolute numbers vary between machines and runs. Images are MIT1003-
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import dataset
 import map_folders
 import metrics
 from devices import DEVICES, keep_freed_memory, pick_device, pick_precision
+from files import WriteError, write_text
 from features import log_validation, save_feature_maps
 from inference import saliency_grid
 from MrCNN import CROP_SIZE, N_SCALES
@@ -313,8 +315,10 @@ def main(argv=None):
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
+        try:
+            write_text(args.json, json.dumps(results, indent=2))
+        except WriteError as error:
+            sys.exit(f"error: {error}. Pass a writable --json path.")
         print(f"wrote {args.json}")
     return results
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import build_model
+from files import WriteError, write_atomically
+from models import MODELS, build_model
 
 
 LOCK_FILE = ".lock"  # in a run folder: the pid and host of the process writing it
@@ -30,19 +31,10 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(state, path):
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
-
-    A crash mid-write leaves any previous file at ``path`` intact. Returns ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``state`` to ``path`` atomically (``files.write_atomically``): a crash or a full
+    disk mid-write leaves any previous file at ``path`` intact. Returns ``path``; WriteError
+    where it cannot be written."""
+    return write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path):
@@ -107,6 +99,10 @@ def model_from_checkpoint(state, path="checkpoint", expected_model=None, options
     or its weights do not fit.
     """
     name = state["model"]
+    if name not in MODELS:
+        raise CheckpointError(f"{path} holds a model named {name!r}, which this project does not "
+                              f"define (it has {', '.join(MODELS)}). Pass a checkpoint written "
+                              f"by main.py.")
     if expected_model is not None and name != expected_model:
         raise CheckpointError(f"{path} holds a {name} checkpoint, not {expected_model}. Pass "
                               f"--model {name} or another checkpoint.")
@@ -324,13 +320,13 @@ SHIPPED_KEYS = ("model", "model_state", "model_options", "normalisation", "args"
                 "post_processing")
 
 
-def shipped_state(state, note):
+def shipped_state(state, note, path="checkpoint"):
     """A training checkpoint dict -> the dict to ship: parameters as fp16 (half the size;
     buffers such as the input normalisation stay as they are), no optimiser, scheduler, RNG
-    or raw EMA state, plus ``command`` and ``training_note``."""
+    or raw EMA state, plus ``command`` and ``training_note``. CheckpointError (naming ``path``)
+    where ``state`` is not a usable checkpoint of a model of this project."""
     shipped = {key: state[key] for key in SHIPPED_KEYS if key in state}
-    parameters = {name for name, _ in build_model(state["model"], **state.get(
-        "model_options", {})).named_parameters()}
+    parameters = {name for name, _ in model_from_checkpoint(state, path).named_parameters()}
     shipped["model_state"] = {name: value.half() if name in parameters else value
                               for name, value in state["model_state"].items()}
     shipped["command"] = state.get("command", "")
@@ -355,13 +351,12 @@ def main(argv=None):
         sys.exit(f"error: shipping {args.source} onto itself would replace the checkpoint it "
                  f"reads; name a new destination file.")
     try:
-        state = shipped_state(load_checkpoint(args.source), args.note)
+        state = shipped_state(load_checkpoint(args.source), args.note, args.source)
         save_checkpoint(state, args.destination)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
-    except (OSError, RuntimeError) as error:  # torch reports a failed write as RuntimeError
-        sys.exit(f"error: cannot write {args.destination} ({str(error).splitlines()[0]}). "
-                 f"Pass a writable destination.")
+    except WriteError as error:
+        sys.exit(f"error: {error}. Pass a writable destination.")
     size = Path(args.destination).stat().st_size / 1e6
     print(f"wrote {args.destination} ({size:.1f} MB): {state['command']}")
     return 0

@@ -31,6 +31,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from cli import progress as progress_report
 from devices import init_pool_worker
+from files import WriteError, write_atomically
 import metrics
 from metrics import as_binary_map
 from MrCNN import CROP_SIZE
@@ -501,13 +502,11 @@ def shuffle_map(data_dir, cache_dir=".cache", workers=None):
     if not points:
         raise DatasetError(f"no readable fixation map in {Path(data_dir) / MAPS}. See README.")
     counts = metrics.bms_shuffle_map(points, metrics.common_size(p.shape for p in points))
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
     try:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(tmp, counts=counts.numpy().astype(np.uint32), n_images=len(points))
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full cache: computed again next time
-        tmp.unlink(missing_ok=True)
+        write_atomically(path, lambda tmp: np.savez_compressed(
+            tmp, counts=counts.numpy().astype(np.uint32), n_images=len(points)))
+    except WriteError:  # a read-only or full cache: computed again next time
+        pass
     return counts, len(points)
 
 

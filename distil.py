@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from checkpoints import CheckpointError, model_from_checkpoint, save_checkpoint
+from files import WriteError
 from inference import blur_map, predict_maps
 
 CACHE_VERSION = 1  # bump when predict_maps changes what it returns
@@ -63,7 +64,7 @@ def _one_teacher(path, state, images_digest, train_set, cache_dir, device, preci
     if cached is not None:
         try:
             save_checkpoint(maps, cached)
-        except (OSError, RuntimeError) as error:
-            warnings.warn(f"could not cache teacher maps in {cached}: {error}")
+        except WriteError as error:
+            warnings.warn(f"could not cache teacher maps: {error}")
     return maps
 

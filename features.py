@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from dataset import SCALES
+from files import write_atomically
 
 
 SAMPLES_PER_LABEL = 2  # feature pictures: this many fixation and non-fixation samples
@@ -87,7 +88,8 @@ def save_feature_maps(model, crops, labels, writer, folder, step):
             fig.suptitle(f"scale {size}, sample {j}: {label.replace('_', '-')} location "
                          f"(label {float(labels[i]):.2f})")
             fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the title
-            fig.savefig(folder / f"scale{size}_sample{j}_{label}.png", dpi=80)
+            write_atomically(folder / f"scale{size}_sample{j}_{label}.png",
+                             lambda tmp: fig.savefig(tmp, dpi=80))
             writer.add_figure(f"features/scale{size}/sample{j}_{label}", fig, step)  # closes it
     model.train(was_training)
     save_filters(model, writer, folder, step)
@@ -104,8 +106,9 @@ def save_filters(model, writer, folder, step):
             tiles[:, r * 8: r * 8 + 7, c * 8: c * 8 + 7] = f
         name = "conv1_filters" if model.shared_stream else f"conv1_filters_scale{size}"
         writer.add_image(f"features/{name}", tiles, step)
-        Image.fromarray((tiles.permute(1, 2, 0).numpy() * 255).astype("uint8")).resize(
-            (12 * 8 * 4, 8 * 8 * 4), Image.NEAREST).save(folder / f"{name}.png")
+        picture = Image.fromarray((tiles.permute(1, 2, 0).numpy() * 255).astype("uint8")).resize(
+            (12 * 8 * 4, 8 * 8 * 4), Image.NEAREST)
+        write_atomically(folder / f"{name}.png", picture.save)
 
 
 def side_by_side(image, density, saliency):

@@ -35,6 +35,7 @@ from devices import (DEVICES, PRECISIONS, autocast_context, keep_freed_memory, p
                      pick_precision)
 from distil import teacher_maps
 from features import log_hparams, log_validation, save_feature_maps
+from files import WriteError
 from inference import predict_maps
 from models import MODELS, build_model
 from optimisation import FINAL_MOMENTUM, make_optimizer, momentum_at, train_step
@@ -386,12 +387,9 @@ def train(run):
     except FloatingPointError as error:
         raise SystemExit(f"error: {error}. Training stopped; the last good checkpoints in "
                          f"{run['dir']} are kept. Try a lower --learning-rate.")
-    except (OSError, RuntimeError) as error:
-        if not isinstance(error, OSError) and "file" not in str(error).lower():
-            raise
-        raise SystemExit(f"error: cannot write to {run['dir']} ({str(error).splitlines()[0]}). "
-                         f"Free some space or pass another --checkpoint-dir, then --resume "
-                         f"{run['dir'] / 'last.pth'}.")
+    except WriteError as error:
+        raise SystemExit(f"error: {error}. Free some space or pass another --checkpoint-dir, "
+                         f"then --resume {run['dir'] / 'last.pth'}.")
     finally:
         release_run_dir(run["dir"])
         for s, handler in previous.items():

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from devices import init_pool_worker  # noqa: E402
+from files import write_atomically  # noqa: E402
 
 EPS = 2.2204e-16  # MATLAB's eps, as used by KLdiv.m
 
@@ -447,12 +448,14 @@ def confidence_table(scores, names=METRIC_NAMES):
 def write_per_image(path, names, scores):
     """Write ``scores`` ({row: per-image metric dicts, in the order of ``names``}) to the CSV
     file ``path``: one line per image and row (image, row, every metric to 6 decimals)."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "row", *METRIC_NAMES])
-        for row, per_image in scores.items():
-            for name, values in zip(names, per_image):
-                writer.writerow([name, row, *(f"{values[m]:.6f}" for m in METRIC_NAMES)])
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "row", *METRIC_NAMES])
+            for row, per_image in scores.items():
+                for name, values in zip(names, per_image):
+                    writer.writerow([name, row, *(f"{values[m]:.6f}" for m in METRIC_NAMES)])
+    write_atomically(path, write)
 
 
 def read_per_image(path):

@@ -28,6 +28,7 @@ from checkpoints import (CheckpointError, held_out_fold, load_checkpoint, model_
                          protocol_name, save_checkpoint)
 from cli import HelpFormatter
 from devices import DEVICES, PRECISIONS, pick_device, pick_precision
+from files import WriteError, write_atomically, write_text
 from inference import MODES, centre_bias_map, post_process, predict_maps, saliency_grid
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoint" / "pretrained" / "MrCNN.pth"
@@ -189,8 +190,9 @@ def print_literature(block, data_dir):
 def save_raw_maps(path, names, maps):
     """Keep a run's raw grid maps small: ``names`` and maps (each [G, G] in [0, 1]) -> one
     compressed .npz of 'names' and float16 'maps' [N, G, G]."""
-    np.savez_compressed(path, names=np.array(names, dtype=str), maps=np.stack(
-        [np.asarray(torch.as_tensor(m).float().cpu(), dtype=np.float16) for m in maps]))
+    kept = np.stack([np.asarray(torch.as_tensor(m).float().cpu(), dtype=np.float16) for m in maps])
+    write_atomically(path, lambda tmp: np.savez_compressed(tmp, names=np.array(names, dtype=str),
+                                                           maps=kept))
 
 
 def load_raw_maps(path):
@@ -205,7 +207,8 @@ def load_raw_maps(path):
 
 def save_png(array, path):
     """float [H, W] in [0, 1] -> 8-bit grey PNG."""
-    Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path)
+    picture = Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8))
+    write_atomically(path, picture.save)
 
 
 def full_size(grid_map, post, height, width):
@@ -245,7 +248,7 @@ def write_figure(data, maps, scores, path, source_images, row="raw"):
             ax.axis("off")
     fig.suptitle(f"best (top 3) and worst (bottom 3) images by AUC-Judd of the {row} maps")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
-    fig.savefig(path, dpi=80)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
 
 
@@ -311,8 +314,8 @@ def write_results(output_dir, names, scores, summary, default_row, literature_bl
         summary |= {"literature": {**first, "size": literature_block["size"],
                                    "shuffle_images": literature_block["shuffle_images"]},
                     "literature_rows": literature_block["rows"]}
-    (output_dir / "metrics.json").write_text(json.dumps(strict_json(summary), indent=2,
-                                                        allow_nan=False))
+    write_text(output_dir / "metrics.json", json.dumps(strict_json(summary), indent=2,
+                                                       allow_nan=False))
     metrics.write_per_image(output_dir / "per_image.csv", names, scores)
     print_table(table, len(names))
     if literature_block is not None:
@@ -620,7 +623,7 @@ def own_images(args, files, state, model, precision, output_dir):
         saliency_png, overlay_png = (output_dir / f"{path.stem}{s}" for s in OUTPUT_SUFFIXES)
         save_png(saliency, saliency_png)
         picture = overlay(np.asarray(image, dtype=np.float64), saliency)
-        Image.fromarray((picture * 255 + 0.5).astype(np.uint8)).save(overlay_png)
+        write_atomically(overlay_png, Image.fromarray((picture * 255 + 0.5).astype(np.uint8)).save)
         print(f"wrote {saliency_png} and {overlay_png.name}")
     if unreadable:
         raise UsageError(f"{len(unreadable)} of the {len(files)} images could not be read "
@@ -702,9 +705,8 @@ def main(argv=None):
             state["post_processing"] = tune_post_processing(state, model, args, precision)
             try:
                 save_checkpoint(state, tuned)
-            except (OSError, RuntimeError) as error:  # torch reports a failed write so
-                raise UsageError(f"cannot write {tuned} ({str(error).splitlines()[0]}). Pass "
-                                 f"a writable path to --tune-post-processing.")
+            except WriteError as error:
+                raise UsageError(f"{error}. Pass a writable path to --tune-post-processing.")
             print(f"wrote {tuned} with post-processing {state['post_processing']}")
         if files:
             own_images(args, files, state, model, precision, output_dir)
@@ -713,6 +715,8 @@ def main(argv=None):
     except (UsageError, CheckpointError, dataset.DatasetError,
             map_folders.MapFolderError) as error:
         sys.exit(f"error: {error}")
+    except WriteError as error:
+        sys.exit(f"error: {error}. Free some space, or pass another --output-dir.")
     except KeyboardInterrupt:
         sys.exit("interrupted: nothing more was written")
     return 0

@@ -17,7 +17,7 @@ import dataset
 import main
 import optimisation
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from conftest import PRETRAINED, ROOT, make_args, write_mit_folder
+from conftest import PRETRAINED, ROOT, load_test_py, make_args, write_mit_folder
 
 
 
@@ -451,7 +451,7 @@ def test_a_checkpoint_write_that_fails_mid_run_is_one_line_and_keeps_the_last_go
             raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
         return real_save(state, file)
     monkeypatch.setattr(checkpoints.torch, "save", disk_full_on_the_third_write)
-    with pytest.raises(SystemExit, match="cannot write to .* Free some space"):
+    with pytest.raises(SystemExit, match="cannot write .*best.pth .* Free some space"):
         main.train(main.build(make_args(tmp_path, "--epochs", "3", "--batch-size", "64")))
     run_dir = tmp_path / "checkpoint" / "run"
     assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1  # the last good one, intact
@@ -521,3 +521,56 @@ def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(tmp_pat
     assert (run_dir / ".lock").read_text().split()[0] == str(os.getpid())
     checkpoints.release_run_dir(run["dir"])
     assert not (run_dir / ".lock").exists()
+
+
+def test_a_failed_write_keeps_the_previous_file_leaves_no_part_and_says_why(tmp_path):
+    import errno
+    from files import WriteError, write_atomically, write_text
+    path = write_text(tmp_path / "out" / "metrics.json", "{}")  # creates the folder
+
+    def disk_fills_mid_write(tmp):
+        tmp.write_text('{"half": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def torch_style_failure(tmp):  # words without 'file', 'disk' or an errno
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64\nmore")
+    torch_words = "([enforce fail at inline_container.cc:603] . unexpected pos 64)"
+    for write, cause in ((disk_fills_mid_write, "(the disk is full)"),
+                         (torch_style_failure, torch_words)):
+        with pytest.raises(WriteError) as error:
+            write_atomically(path, write)
+        assert str(error.value) == f"cannot write {path} {cause}"
+        assert path.read_text() == "{}" and [p.name for p in path.parent.iterdir()] == [path.name]
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(WriteError, match="cannot write .*a_file/x.png"):
+        write_text(tmp_path / "a_file" / "x.png", "")
+
+
+def test_test_py_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)).save(photo)
+    real_save = Image.Image.save
+
+    def disk_full_on_the_overlay(image, file, *args, **kwargs):
+        if "overlay" in str(file):
+            Path(file).write_bytes(b"\x89PNG half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(image, file, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "save", disk_full_on_the_overlay)
+    with pytest.raises(SystemExit) as exit_:
+        load_test_py().main(["--images", str(photo), "--output-dir", str(tmp_path / "maps"),
+                             "--grid-size", "10"])
+    message = str(exit_.value)
+    assert message.startswith("error: cannot write ") and "photo_overlay.png (the disk is full)" \
+        in message and "\n" not in message
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["photo_saliency.png"]
+
+
+def test_shipping_a_checkpoint_of_an_unknown_model_is_one_clear_line(tmp_path):
+    from checkpoints import save_checkpoint
+    source = save_checkpoint({"model": "ResNet50", "model_state": {}}, tmp_path / "other.pth")
+    result = run_script(tmp_path, "checkpoints.py", "ship", str(source), "out.pth")
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "holds a model named 'ResNet50', which this project does not define" in result.stderr
+    assert not (tmp_path / "out.pth").exists()

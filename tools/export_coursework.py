@@ -18,6 +18,7 @@ if not __package__:  # run as python tools/<name>.py: the project's modules are 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from checkpoints import save_checkpoint
+from files import WriteError, failure_cause
 from dataset import (COURSEWORK_FILES, MAPS, SCALES, DatasetError, cut_crops, grid_locations,
                      load_mit, mit_layout_names, open_rgb, pad_images, sample_locations,
                      show_warnings_plainly)
@@ -75,9 +76,12 @@ def main(argv=None):
         export_coursework(args.data_dir, args.output_dir, args.cache_dir, args.seed)
     except DatasetError as error:
         sys.exit(f"error: {error}")
-    except (OSError, RuntimeError) as error:  # torch reports a failed write as RuntimeError
-        sys.exit(f"error: cannot write to {args.output_dir} ({str(error).splitlines()[0]}). "
-                 f"Pass a writable --output-dir with 4 GB free.")
+    except WriteError as error:
+        sys.exit(f"error: {error}. Pass a writable --output-dir with 4 GB free.")
+    except OSError as error:  # copying the fixation maps
+        cause = failure_cause(error, args.output_dir)
+        sys.exit(f"error: cannot write to {args.output_dir} ({cause}). Pass a writable "
+                 f"--output-dir with 4 GB free.")
     print(f"wrote {', '.join(COURSEWORK_FILES.values())} to {args.output_dir}")
 
 

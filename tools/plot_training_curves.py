@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from files import write_atomically  # noqa: E402
+
 HERE = Path(__file__).resolve().parent.parent / "docs"
 RUNS = {"gpu_training_logs.txt": ("mrcnn_adam", "mrcnn_sgd", "mrcnn_adam_wd1e3", "mrcnns_adam",
                                   "mrcnns_sgd"),
@@ -53,7 +55,7 @@ def main(argv=None):
     sauc_ax.axhline(0.719, color="grey", linestyle="--", label="paper (0.719)")
     sauc_ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(HERE / "training_curves.png", dpi=90)
+    write_atomically(HERE / "training_curves.png", lambda tmp: fig.savefig(tmp, dpi=90))
 
 
 if __name__ == "__main__":
