@@ -202,8 +202,15 @@ def new_run_dir(checkpoint_dir, name, numbered=True):
         except OSError as error:
             raise SystemExit(f"error: cannot create run folder {folder} ({error.strerror}). "
                              f"Pass a writable --checkpoint-dir.")
-    raise SystemExit(f"error: run folder {Path(checkpoint_dir) / name} already exists; pass "
-                     f"another --run-name, or --resume one of its checkpoints.")
+    folder = Path(checkpoint_dir) / name
+    saved = sorted(folder.glob("*.pth"), key=lambda p: p.stat().st_mtime)
+    if saved:
+        raise SystemExit(f"error: run folder {folder} already exists; pass another --run-name, "
+                         f"or continue that run with --resume {saved[-1]} (its newest "
+                         f"checkpoint).")
+    raise SystemExit(f"error: run folder {folder} already exists and holds no checkpoint (a run "
+                     f"stopped before its first epoch ended leaves such a folder): remove it, or "
+                     f"pass another --run-name.")
 
 
 # The resume rules. NOT_RESUMED: how a run was started and on which machine, not taken from

@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -326,7 +327,11 @@ def test_teacher_maps_are_cached_and_an_unreadable_cache_file_is_recomputed(tmp_
 def test_a_new_run_never_shares_its_folder_with_another_run(tmp_path, small_synthetic):
     args = make_args(tmp_path, "--run-name", "same")
     first = main.build(args)
-    with pytest.raises(SystemExit, match="already exists; pass another --run-name"):
+    with pytest.raises(SystemExit, match="already exists and holds no checkpoint"):
+        main.build(make_args(tmp_path, "--run-name", "same"))
+    (first["dir"] / "last.pth").write_bytes(b"")
+    with pytest.raises(SystemExit, match="pass another --run-name, or continue that run with "
+                                         "--resume .*same/last.pth"):
         main.build(make_args(tmp_path, "--run-name", "same"))
     args.run_name = None  # default names: same flags, same second -> numbered folders
     folders = {main.build(args)["dir"] for _ in range(2)}
@@ -482,19 +487,20 @@ if args[0] == "main.py":  # a fold run: finish it, unless it is the fold told to
 """
 
 
-def run_train_folds(tmp_path, failing=""):
+def run_train_folds(tmp_path, failing="", data="/data/MIT"):
     """tools/train_folds.sh with a stand-in for python that records each call and finishes
-    each fold run -> (exit status, stdout, [argument lists of the calls])."""
+    each fold run -> (exit status, stdout and fold logs, [argument lists of the calls])."""
     log, fake = tmp_path / "calls.jsonl", tmp_path / "fake_python"
     fake.write_text(f"#!{sys.executable}\n" + FAKE_PYTHON.format(log=str(log), failing=failing))
     fake.chmod(0o755)
-    env = {**os.environ, "PY": str(fake), "NAME": "t", "PARALLEL": "3", "DATA": "/data/MIT",
+    env = {**os.environ, "PY": str(fake), "NAME": "t", "PARALLEL": "3", "DATA": data,
            "CHECKPOINTS": str(tmp_path / "ck"), "OUT": str(tmp_path / "out")}
     result = subprocess.run(["bash", str(ROOT / "tools" / "train_folds.sh"), "--epochs", "12",
                              "--teacher", "t_fold{K}/best.pth"],
                             env=env, capture_output=True, text=True, timeout=60)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    return result.returncode, result.stdout, calls
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "ck" / "logs_t").glob("*.log")))
+    return result.returncode, result.stdout + logs, calls
 
 
 def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_all_ten(tmp_path):
@@ -521,6 +527,24 @@ def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_al
     assert calls[-1] == ["test.py", "--data-dir", "/data/MIT", "--output-dir",
                          str(tmp_path / "out"), "--folds",
                          *(f"{ck}/t_fold{k}/best.pth" for k in range(10))]
+
+
+def test_the_fold_script_restarts_a_fold_stopped_before_its_first_checkpoint(tmp_path):
+    """A fold killed before it saved anything leaves a folder without a checkpoint: it is set
+    aside (kept) and the fold starts anew, unless a live process holds its lock. A data path
+    with an apostrophe reaches python as an argument, never pasted into code."""
+    ck, data = tmp_path / "ck", "/data/O'Brien's/MIT"
+    (ck / "t_fold4" / "features").mkdir(parents=True)
+    (ck / "t_fold5").mkdir()
+    (ck / "t_fold5" / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}")
+    status, output, calls = run_train_folds(tmp_path, data=data)
+    assert calls[0][0] == "-c" and calls[0][-1] == data
+    assert status == 1 and "fold 4 had no checkpoint" in output
+    assert "fold 5 is being run by process" in output and "fold 5 did not finish" in output
+    [stopped] = ck.glob("t_fold4.stopped-*")
+    assert (stopped / "features").is_dir()
+    started = {call[call.index("--fold") + 1] for call in calls if "--fold" in call}
+    assert started == {str(k) for k in range(10) if k != 5}
 
 
 def test_the_fold_script_scores_nothing_while_a_fold_is_unfinished(tmp_path):

@@ -40,11 +40,23 @@ run_fold() {
         $PY main.py --resume "$saved" --data-dir "$DATA" --checkpoint-dir "$CHECKPOINTS"
         return
     fi
+    # a fold stopped before its first checkpoint: its folder is set aside, the fold starts anew
+    if [ -d "$dir" ]; then
+        if [ -f "$dir/.lock" ]; then
+            read -r pid host < "$dir/.lock" || true
+            if [ "$host" != "$(hostname)" ] || kill -0 "$pid" 2> /dev/null; then
+                echo "fold $k is being run by process $pid on $host: not started again"
+                return 1
+            fi
+        fi
+        mv "$dir" "$dir.stopped-$(date +%Y%m%d-%H%M%S)" || return 1
+        echo "fold $k had no checkpoint: its folder moved to $dir.stopped-*; starting it anew"
+    fi
     $PY main.py --data-dir "$DATA" --fold "$k" --run-name "${NAME}_fold$k" \
         --checkpoint-dir "$CHECKPOINTS" "$@"
 }
 # the image cache is built once, before the runs that share it start
-$PY -c "import dataset; dataset.load_mit('$DATA', 'all')" > /dev/null || exit 1
+$PY -c 'import sys, dataset; dataset.load_mit(sys.argv[1], "all")' "$DATA" > /dev/null || exit 1
 for k in 0 1 2 3 4 5 6 7 8 9; do
     while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
     echo "fold $k: log in $CHECKPOINTS/logs_$NAME/fold$k.log"
