@@ -10,6 +10,7 @@ auc_judd where val holds one image), and for resuming ``optimizer_state``,
 models may add ``post_processing`` and ``training_note``.
 """
 import os
+import pickle
 import random
 import re
 import socket
@@ -59,17 +60,18 @@ def load_checkpoint(path):
 def _why_unloadable(path, error):
     """The cause of a failed ``torch.load(path, weights_only=True)``, said for a user (torch's
     own message suggests ``weights_only=False``, which is exactly what must not be done)."""
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-    if refused:
-        return (f"it holds Python objects ({refused.group(1)}) that a safe load refuses, as "
-                f"unpickling them could run code. Pass a file written by main.py: it holds "
-                f"tensors and plain values only.")
     if path.stat().st_size == 0:
         return "the file is empty. Copy it again, or pass another .pth file written by main.py."
     if not zipfile.is_zipfile(path):
         return ("torch.save writes a zip archive and this file is not one (another kind of "
                 "file, or a copy or download that did not finish). Pass a .pth file written "
                 "by main.py.")
+    if isinstance(error, pickle.UnpicklingError):  # the safe unpickler refused what it holds
+        named = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(error))
+        what = f" ({named.group(1)})" if named else ""
+        return (f"it holds Python objects{what} that a safe load refuses, as unpickling them "
+                f"could run code. Pass a file written by main.py: it holds tensors and plain "
+                f"values only.")
     first_line = (str(error).strip().splitlines() or [""])[0][:160]
     return (f"the file is damaged ({type(error).__name__}: {first_line}). Copy it again, or "
             f"pass another .pth file written by main.py.")

@@ -1,5 +1,6 @@
 """main.py end to end on the synthetic set: learnability, exact resume, distillation targets,
 the command line and its errors, and tools/train_folds.sh."""
+import argparse
 import json
 import math
 import os
@@ -21,7 +22,8 @@ import features
 import inference
 import main
 import optimisation
-from checkpoints import load_checkpoint, model_from_checkpoint, refuse_changed_flags, save_checkpoint
+from checkpoints import (CheckpointError, load_checkpoint, model_from_checkpoint,
+                         refuse_changed_flags, save_checkpoint)
 from conftest import PRETRAINED, ROOT, make_args, write_mit_folder
 
 
@@ -420,6 +422,14 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     result = run_main(tmp_path, "--resume", str(path))
     assert result.returncode != 0 and "not a loadable checkpoint" in result.stderr
     assert "pwned" not in result.stdout and "Traceback" not in result.stderr
+    for name, reduced in (("calls os.system", (os.system, ("echo pwned",))),
+                          ("holds a Namespace", (argparse.Namespace, ()))):
+        Evil.__reduce__ = lambda self, reduced=reduced: reduced
+        torch.save({"model": "MrCNN", "model_state": {}, "x": Evil()}, tmp_path / "evil.pth")
+        with pytest.raises(CheckpointError) as error:  # a refusal, not a damaged file
+            load_checkpoint(tmp_path / "evil.pth")
+        assert "that a safe load refuses" in str(error.value) and "damaged" not in \
+            str(error.value), name
 
 
 def test_patience_stops_a_run_once_val_sauc_stalls_and_a_resumed_run_stays_stopped(
