@@ -170,6 +170,19 @@ def lock_run_dir(run_dir):
     raise SystemExit(f"error: cannot take the lock {path} of run folder {run_dir}; try again.")
 
 
+def stopped_at_once(run_dir):
+    """The line for a run stopped at once (Ctrl-C while it was being built, or a second one
+    while it saved): what ``run_dir`` (None before it existed) keeps, and how to go on."""
+    if run_dir is None:
+        return "interrupted before training started: nothing was saved"
+    kept = sorted(Path(run_dir).glob("*.pth"), key=lambda p: p.stat().st_mtime)
+    if not kept:
+        return (f"interrupted again before a first checkpoint was written: {run_dir} holds "
+                f"none; start the run anew")
+    return (f"interrupted again while saving: {run_dir} keeps {', '.join(p.name for p in kept)} "
+            f"(each whole); continue with --resume {kept[-1]}")
+
+
 def release_run_dir(run_dir):
     """Give up this process's lock of ``run_dir`` (``lock_run_dir``), if it holds it."""
     path = Path(run_dir) / LOCK_FILE

@@ -6,9 +6,8 @@
     python main.py --resume checkpoint/<run>/interrupted.pth
 
 Each epoch draws fresh fixation / non-fixation locations per training image, trains on their
-three-scale crops, then validates with AUC-Judd and shuffled AUC of dense maps. Everything a
-run writes goes to checkpoint/<run>/ (checkpoints, feature pictures) and logs/<run>/
-(TensorBoard events).
+three-scale crops, then validates with AUC-Judd and shuffled AUC of dense maps. A run writes
+checkpoints and feature pictures to checkpoint/<run>/, TensorBoard events to logs/<run>/.
 """
 import argparse
 import math
@@ -29,7 +28,8 @@ import dataset
 import metrics
 from checkpoints import (CheckpointError, capture_rng, load_checkpoint, load_resumable,
                          model_to_continue, new_run_dir, refuse_leaks, release_run_dir,
-                         restore_rng, resume_dir, resumed_args, save_checkpoint)
+                         restore_rng, resume_dir, resumed_args, save_checkpoint,
+                         stopped_at_once)
 from cli import HelpFormatter, progress as progress_report
 from devices import (DEVICES, PRECISIONS, autocast_context, keep_freed_memory, pick_device,
                      pick_precision)
@@ -406,12 +406,14 @@ def main(argv=None):
     dataset.show_warnings_plainly()
     keep_freed_memory()
     command = shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)])
+    run = {}
     try:
-        return 130 if train(build(args, command))[1] else 0
+        run = build(args, command)
+        return 130 if train(run)[1] else 0
     except dataset.DatasetError as error:  # data that gives no training location
         raise SystemExit(f"error: {error}") from None
-    except KeyboardInterrupt:  # before training started (e.g. while building the cache)
-        raise SystemExit("interrupted before training started: nothing was saved") from None
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C while saving
+        raise SystemExit(stopped_at_once(run.get("dir"))) from None
 
 
 if __name__ == "__main__":

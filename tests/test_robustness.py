@@ -458,6 +458,29 @@ def test_a_checkpoint_write_that_fails_mid_run_is_one_line_and_keeps_the_last_go
     assert not list(run_dir.glob(".*.tmp*"))  # no half-written file left behind
 
 
+def test_a_second_ctrl_c_while_saving_names_the_checkpoints_that_were_kept(
+        tmp_path, small_synthetic, monkeypatch):
+    import checkpoints
+    real_save = checkpoints.save_checkpoint
+
+    def ctrl_c_after_last_then_again(state, path):
+        if Path(path).name == "interrupted.pth":
+            raise KeyboardInterrupt  # the second Ctrl-C, before anything was written
+        real_save(state, path)
+        if Path(path).name == "last.pth":
+            raise KeyboardInterrupt  # the first, just after epoch 1's checkpoints
+    monkeypatch.setattr(main, "save_checkpoint", ctrl_c_after_last_then_again)
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["--data-dir", "synthetic", "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--cache-dir", str(tmp_path / "cache"), "--log-dir", str(tmp_path / "logs"),
+                   "--run-name", "run", "--epochs", "2", "--batch-size", "64"])
+    message, run_dir = str(exit_.value), tmp_path / "ck" / "run"
+    assert message.startswith("interrupted again while saving") and "nothing was saved" \
+        not in message and f"--resume {run_dir / 'last.pth'}" in message
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1 and \
+        not (run_dir / "interrupted.pth").exists()
+
+
 def test_ctrl_c_while_worker_processes_score_maps_prints_no_traceback(tmp_path):
     """Ctrl-C reaches every process of the terminal's group: the workers leave it to the parent,
     which stops the pool, so the user sees the script's one line and not one traceback each."""
