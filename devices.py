@@ -1,8 +1,10 @@
 """Device and precision choices, shared by main.py, test.py and bench.py, and how a worker
 process of a CPU pool starts."""
 import ctypes
+import os
 import signal
 import sys
+import warnings
 
 import torch
 
@@ -19,6 +21,18 @@ def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def checked_worker_count(worker_count):
+    """``-j worker_count`` -> worker_count, after a one-line warning where it asks for more
+    threads or processes than this machine's CPU cores: they would take turns on the cores,
+    and run slower, not faster."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores and worker_count > cores:
+        warnings.warn(f"-j {worker_count} is more than the {cores} CPU cores this process may "
+                      f"use: the extra workers take turns on them and slow the work down; "
+                      f"-j {cores} is the most that helps here")
+    return worker_count
 
 
 def pick_precision(name, device):

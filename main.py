@@ -31,8 +31,8 @@ from checkpoints import (CheckpointError, capture_rng, load_checkpoint, load_res
                          restore_rng, resume_dir, resumed_args, save_checkpoint,
                          stopped_at_once)
 from cli import HelpFormatter, progress as progress_report
-from devices import (DEVICES, PRECISIONS, autocast_context, keep_freed_memory, pick_device,
-                     pick_precision)
+from devices import (DEVICES, PRECISIONS, autocast_context, checked_worker_count,
+                     keep_freed_memory, pick_device, pick_precision)
 from distil import teacher_maps
 from features import log_hparams, log_validation, save_feature_maps
 from files import WriteError
@@ -233,7 +233,7 @@ def restore(run, state):
 def build(args, command=""):
     """Everything a run needs, from checked arguments: the data, the model (new, resumed or
     --init-from), optimiser, teacher targets, val locations and the run folder, as a dict."""
-    torch.set_num_threads(args.worker_count)
+    torch.set_num_threads(checked_worker_count(args.worker_count))
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
     for seed_everything in (torch.manual_seed, np.random.seed, random.seed):

@@ -27,7 +27,7 @@ import metrics
 from checkpoints import (CheckpointError, held_out_fold, load_checkpoint, model_from_checkpoint,
                          protocol_name, save_checkpoint)
 from cli import HelpFormatter
-from devices import DEVICES, PRECISIONS, pick_device, pick_precision
+from devices import DEVICES, PRECISIONS, checked_worker_count, pick_device, pick_precision
 from files import WriteError, write_atomically, write_text
 from inference import MODES, centre_bias_map, post_process, predict_maps, saliency_grid
 
@@ -657,6 +657,7 @@ def main(argv=None):
                                  ("-j", args.worker_count or 1, 1)):
             if value < low:
                 raise UsageError(f"{flag} must be at least {low} (got {value})")
+        checked_worker_count(args.worker_count or 1)
         if args.grid_size > dataset.SCALES[0]:
             raise UsageError(f"--grid-size must be at most {dataset.SCALES[0]}, one location per "
                              f"pixel of the {dataset.SCALES[0]}x{dataset.SCALES[0]} copy (got "

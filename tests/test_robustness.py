@@ -597,3 +597,14 @@ def test_shipping_a_checkpoint_of_an_unknown_model_is_one_clear_line(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert "holds a model named 'ResNet50', which this project does not define" in result.stderr
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_more_workers_than_cores_is_said_once_and_a_fitting_count_is_not(monkeypatch):
+    import warnings
+    import devices
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.warns(UserWarning, match=r"-j 1000 is more than the 2 CPU cores .* -j 2 is"):
+        assert devices.checked_worker_count(1000) == 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert devices.checked_worker_count(2) == 2
