@@ -130,6 +130,11 @@ class SaliencySet:
         return SaliencySet([self.names[i] for i in indices], [s[idx] for s in self.scales],
                            self.maps[idx], pick(self.fixations), pick(self.densities))
 
+    @property
+    def n_trainable(self):
+        """How many images ``sample_locations`` draws training locations from."""
+        return int(trainable_images(self.maps).sum())
+
     def ground_truth(self, i):
         """(bool fixation points [H, W], float density [H, W]) of image i at its original size."""
         return self.fixations[i], self.densities[i]
@@ -554,6 +559,8 @@ def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, se
     resumed run check that its data did not change: pass it as ``expected`` (DatasetError if
     its content differs; a copy of the folder elsewhere, with new file times, is the same)."""
     train, val, record = _load_training_data(data_dir, fold, cache_dir, workers, seed)
+    if train.samples is None:
+        refuse_untrainable(train)
     # records written before content_key existed are compared by cache key (sizes and times)
     new_record = isinstance(expected, dict) and "content_key" in expected
     ignored = {"dir", "cache_key"} if new_record else {"dir", "content_key"}
@@ -563,6 +570,24 @@ def load_training_data(data_dir, fold=None, cache_dir=".cache", workers=None, se
                            f"started (files added, removed or edited), so it cannot continue "
                            f"exactly. Restore the data or start a new run.")
     return train, val, record
+
+
+def refuse_untrainable(train):
+    """DatasetError where no image of the SaliencySet ``train`` gives a training location; a
+    warning naming those that give none (they are left out of training)."""
+    left_out = [name for name, ok in zip(train.names, trainable_images(train.maps)) if not ok]
+    if len(left_out) == len(train):
+        raise DatasetError(f"no training image (of {len(train)}) has both fixated pixels (map "
+                           f"above {FIXATION_THRESHOLD} of its maximum) and non-fixated ones "
+                           f"(below {NON_FIXATION_THRESHOLD}) to draw training locations from: "
+                           f"check that the fixation maps are density maps, not uniform images.")
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5
+                                           else "")
+        warnings.warn(f"{len(left_out)} of the {len(train)} training images give no training "
+                      f"location and are left out of training ({shown}): their fixation maps "
+                      f"have no pixel above {FIXATION_THRESHOLD} of their maximum or none below "
+                      f"{NON_FIXATION_THRESHOLD} (an empty or uniform map)")
 
 
 def _load_training_data(data_dir, fold, cache_dir, workers, seed):
@@ -727,6 +752,15 @@ def load_synthetic(n_images, seed):
 
 
 # ----------------------------------------------------------------------------- sampling
+def trainable_images(maps):
+    """uint8 maps [N, H, W] (maximum scaled to 255) -> bool [N]: whether each has fixated
+    pixels (above FIXATION_THRESHOLD of the maximum) and non-fixated ones (below
+    NON_FIXATION_THRESHOLD), the two kinds of location a training sample is drawn from."""
+    flat = maps.reshape(len(maps), -1)
+    # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties
+    return (flat.amax(1) > FIXATION_THRESHOLD * 255) & (flat.amin(1) < NON_FIXATION_THRESHOLD * 255)
+
+
 def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, n_uniform=0):
     """Draw one epoch's training locations from fixation maps.
 
@@ -742,13 +776,10 @@ def sample_locations(maps, generator, n_fixation=10, n_non_fixation=20, n_unifor
     flat = maps.reshape(n_images, -1)
     to_relative = lambda pixel: torch.stack([(pixel // width + 0.5) / height,
                                              (pixel % width + 0.5) / width], 1).float()
-    # 0.9 * 255 = 229.5 and 0.1 * 255 = 25.5 fall between integers: no ties
     index, rel, label = [], [], []
-    for i in range(n_images):
+    for i in torch.nonzero(trainable_images(maps)).squeeze(1).tolist():
         positive = torch.nonzero(flat[i] > FIXATION_THRESHOLD * 255).squeeze(1)
         negative = torch.nonzero(flat[i] < NON_FIXATION_THRESHOLD * 255).squeeze(1)
-        if len(positive) == 0 or len(negative) == 0:
-            continue
         pixels = [positive[torch.randint(len(positive), (n_fixation,), generator=generator)],
                   negative[torch.randint(len(negative), (n_non_fixation,), generator=generator)],
                   torch.randint(height * width, (n_uniform,), generator=generator)]

@@ -264,9 +264,9 @@ def build(args, command=""):
     if resume_state is not None and resume_state["epoch"] >= args.epochs:
         raise SystemExit(f"error: {args.resume} already finished epoch {resume_state['epoch']}; "
                          f"pass a larger --epochs to continue")
-    per_epoch = (len(train_set.samples[1]) if train_set.samples is not None else len(train_set)
-                 * (args.fixations_per_image + args.non_fixations_per_image
-                    + args.uniform_locations_per_image))
+    per_epoch = (len(train_set.samples[1]) if train_set.samples is not None else
+                 train_set.n_trainable * (args.fixations_per_image + args.non_fixations_per_image
+                                          + args.uniform_locations_per_image))
     if args.batch_size > per_epoch:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {per_epoch} "
                          f"training samples per epoch; use a smaller batch")

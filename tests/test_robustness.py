@@ -608,3 +608,28 @@ def test_more_workers_than_cores_is_said_once_and_a_fitting_count_is_not(monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert devices.checked_worker_count(2) == 2
+
+
+def test_training_images_without_locations_are_named_and_too_few_samples_are_refused(
+        tmp_path, small_synthetic, monkeypatch):
+    """An image whose map has no fixated (or no non-fixated) pixel gives no training location:
+    a warning names it; a batch larger than what the other images give is refused before a
+    run folder exists (it would train zero steps); no image with locations is refused."""
+    real_load = dataset.load_synthetic
+
+    def flat_maps_but_one(n_images, seed):
+        scenes = real_load(n_images, seed)
+        if n_images == 8:  # the training scenes
+            scenes.maps[1:] = 255  # uniform: nothing below 0.1 of the maximum
+        return scenes
+    monkeypatch.setattr(dataset, "load_synthetic", flat_maps_but_one)
+    args = make_args(tmp_path, "--batch-size", "64")  # 1 image x 30 locations < 64
+    with pytest.warns(UserWarning, match="7 of the 8 training images give no training location "
+                                         "and are left out of training"):
+        with pytest.raises(SystemExit, match="larger than the 30 training samples per epoch"):
+            main.build(args)
+    assert not (tmp_path / "checkpoint").exists()
+    untrainable = real_load(3, 0)
+    untrainable.maps[:] = 0
+    with pytest.raises(dataset.DatasetError, match="no training image \\(of 3\\)"):
+        dataset.refuse_untrainable(untrainable)
