@@ -358,13 +358,16 @@ def _decode_one(args):
 def _cache_key(data_dir, names, stimuli):
     """A hash of the folder and of the size and modification time of every file the cache
     reads: each stimulus, its fixation map and its point map."""
-    digest = hashlib.sha1(f"v{CACHE_VERSION} {Path(data_dir).resolve()} {SCALES}".encode())
+    # surrogateescape: a file name that is not UTF-8 hashes as its own bytes
+    digest = hashlib.sha1(f"v{CACHE_VERSION} {Path(data_dir).resolve()} {SCALES}".encode(
+        errors="surrogateescape"))
     maps_dir = Path(data_dir) / MAPS
     for name in names:
         for path in (stimuli[name], maps_dir / f"{name}_fixMap.jpg",
                      maps_dir / f"{name}_fixPts.jpg"):
             stat = path.stat()
-            digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}".encode())
+            digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}".encode(
+                errors="surrogateescape"))
     return digest.hexdigest()[:16]
 
 
@@ -543,7 +546,8 @@ def load_mit(data_dir, split="all", cache_dir=".cache", workers=None, progress=T
             points, density = read_ground_truth(data_dir, name)
             fixations.append(points)
             densities.append(density)
-    content = hashlib.sha1("".join(f"{names[i]} {digests[i]}\n" for i in chosen).encode())
+    content = hashlib.sha1("".join(f"{names[i]} {digests[i]}\n" for i in chosen).encode(
+        errors="surrogateescape"))
     return SaliencySet(chosen_names, scales, torch.from_numpy(np.ascontiguousarray(maps[idx])),
                        fixations, densities, cache_key=key, content_key=content.hexdigest())
 
@@ -931,8 +935,18 @@ def download_mit1003(output_dir="data/MIT1003", base_url=MIT1003_PAGE, expected_
 # ----------------------------------------------------------------------------- command line
 def show_warnings_plainly():
     """Print each warning as one line, 'warning: <message>', on stderr: the scripts' users
-    need the message (which file, what was done), not the line of our code that raised it."""
+    need the message (which file, what was done), not the line of our code that raised it.
+    A file name that is not UTF-8 prints with its odd bytes escaped, never a traceback."""
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def printable(name):
+    """A file or image name as text any renderer takes: bytes of a name that is not UTF-8
+    (which Python holds as lone surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def main(argv=None):

@@ -30,7 +30,7 @@ def teacher_maps(teachers, train_set, cache_dir, device, precision, blur_sigma=0
     """
     # every teacher's cache key starts from the same training images, hashed once
     images = hashlib.sha1(f"{CACHE_VERSION} {device.type} {precision} "
-                          f"{train_set.names}".encode())
+                          f"{train_set.names}".encode(errors="surrogateescape"))
     for scale in train_set.scales:
         images.update(np.ascontiguousarray(scale.numpy()))
     total = sum(_one_teacher(path, state, images, train_set, cache_dir, device, precision)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dataset import SCALES
+from dataset import SCALES, printable
 from files import write_atomically
 
 
@@ -130,7 +130,7 @@ def log_validation(writer, model, results, maps, val_set, folder, step):
     for key, value in results.items():
         writer.add_scalar(f"val/{key}", value, step)
     for i in sorted(range(len(val_set)), key=lambda i: val_set.names[i])[:VAL_PICTURES]:
-        writer.add_image(f"val/{val_set.names[i]}", side_by_side(
+        writer.add_image(f"val/{printable(val_set.names[i])}", side_by_side(
             val_set.scales[0][i], val_set.maps[i], maps[i]), step)
     save_filters(model, writer, folder, step)
 

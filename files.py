@@ -21,7 +21,8 @@ def write_atomically(path, write):
     that was at ``path`` before, if any, is intact and no temporary file is left.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    # short, whatever the name's length (a name near the 255-byte limit stays writable)
+    tmp = path.with_name(f".{path.stem[:40]}.tmp{os.getpid()}{path.suffix[:20]}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)

@@ -449,7 +449,8 @@ def write_per_image(path, names, scores):
     """Write ``scores`` ({row: per-image metric dicts, in the order of ``names``}) to the CSV
     file ``path``: one line per image and row (image, row, every metric to 6 decimals)."""
     def write(tmp):
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        # surrogateescape: an image name that is not UTF-8 is written as its file's own bytes
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image", "row", *METRIC_NAMES])
             for row, per_image in scores.items():
@@ -462,7 +463,7 @@ def read_per_image(path):
     """A CSV file written by ``write_per_image`` -> {row: {image name: {metric: float}}}, rows
     and images in file order. OSError if it cannot be read; ValueError (saying what is wrong)
     if it is not such a file."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
         missing = {"image", "row", *METRIC_NAMES} - set(reader.fieldnames or ())
         if missing:

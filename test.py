@@ -237,7 +237,7 @@ def write_figure(data, maps, scores, path, source_images, row="raw"):
         fixations, density = data.ground_truth(i)
         pred = full_size(maps[i], None, *fixations.shape)  # the image's size, as scored
         ys, xs = np.nonzero(fixations)
-        panels = [(image, f"{data.names[i]}"), (density, "ground truth + fixations"),
+        panels = [(image, dataset.printable(data.names[i])), (density, "ground truth + fixations"),
                   (pred, f"prediction (AUC-Judd {judd[i]:.3f})"), (overlay(image, pred), "overlay")]
         for col, (picture, title) in enumerate(panels):
             ax = axes[row, col]

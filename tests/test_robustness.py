@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import dataset
+import metrics
 import main
 import optimisation
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -633,3 +634,25 @@ def test_training_images_without_locations_are_named_and_too_few_samples_are_ref
     untrainable.maps[:] = 0
     with pytest.raises(dataset.DatasetError, match="no training image \\(of 3\\)"):
         dataset.refuse_untrainable(untrainable)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file names as raw bytes")
+def test_a_name_that_is_not_utf8_and_one_near_the_length_limit_are_scored_and_written(tmp_path):
+    data, long_name = tmp_path / "data", "x" * 240  # 245 bytes with .jpeg, 253 as a saliency PNG
+    write_mit_folder(data, ["a", "b", "c", long_name])
+    for folder, suffix in ((dataset.STIMULI, ".jpeg"), (dataset.MAPS, "_fixMap.jpg"),
+                           (dataset.MAPS, "_fixPts.jpg")):  # a Latin-1 'café'
+        os.rename(data / folder / f"a{suffix}", os.fsencode(data / folder) + b"/caf\xe9" +
+                  suffix.encode())
+    common = ("--data-dir", "data", "--cache-dir", "cache", "--split", "all", "-j", "1")
+    first = run_script(tmp_path, "test.py", *common, "--grid-size", "10", "--save-maps",
+                       "--output-dir", "out")
+    again = run_script(tmp_path, "test.py", *common, "--maps", "out/maps", "--output-dir",
+                       "again")
+    for result in (first, again):
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-999:]
+    written = {os.fsencode(p.name) for p in (tmp_path / "out" / "maps").iterdir()}
+    assert written == {b"caf\xe9.png", b"b.png", b"c.png", long_name.encode() + b".png"}
+    scored = metrics.read_per_image(tmp_path / "again" / "per_image.csv")["maps"]
+    assert os.fsencode(next(n for n in scored if n.startswith("caf"))) == b"caf\xe9"
+    assert len(scored) == 4
