@@ -25,6 +25,7 @@ from PIL import Image
 import dataset
 import map_folders
 import metrics
+from checkpoints import CheckpointError, load_checkpoint, model_from_checkpoint
 from devices import DEVICES, keep_freed_memory, pick_device, pick_precision
 from files import WriteError, write_text
 from features import log_validation, save_feature_maps
@@ -162,9 +163,13 @@ def pipeline_seconds(data_dir, device):
 
 def fcn_agreement(args):
     """Print and return how far fcn (each phase count, fp32 and bf16) is from crops."""
-    from checkpoints import load_checkpoint, model_from_checkpoint
     model = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint).eval()
-    val = dataset.load_mit(args.data_dir, "val").subset(list(range(args.agreement)))
+    val = dataset.load_mit(args.data_dir, "val")
+    if args.agreement > len(val):
+        raise dataset.DatasetError(f"--agreement {args.agreement} asks for more images than the "
+                                   f"{len(val)} of the val split of {args.data_dir}: pass at "
+                                   f"most {len(val)}")
+    val = val.subset(list(range(args.agreement)))
     reference = saliency_grid(model, val.scales, "crops")
     judd_ref = [metrics.auc_judd(m, f) for m, f in zip(reference, val.fixations)]
     results = {}
@@ -198,12 +203,19 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default="checkpoint/pretrained/MrCNN.pth")
     parser.add_argument("--data-dir", default="data/MIT1003")
     args = parser.parse_args(argv)
-    if args.agreement:
-        return fcn_agreement(args)
+    dataset.show_warnings_plainly()
+    if args.agreement < 0:
+        sys.exit(f"error: --agreement must be at least 1 (got {args.agreement})")
+    try:
+        if args.agreement:
+            return fcn_agreement(args)
+        if args.pipeline:
+            results = {d: pipeline_seconds(args.data_dir, d)
+                       for d in dict.fromkeys([pick_device(args.device).type, "cpu"])}
+    except (CheckpointError, dataset.DatasetError) as error:
+        sys.exit(f"error: {error}")
     device = pick_device(args.device)
     if args.pipeline:
-        results = {d: pipeline_seconds(args.data_dir, d)
-                   for d in dict.fromkeys([device.type, "cpu"])}
         for d, seconds in results.items():
             print(f"{d}: epoch {seconds['epoch']:.1f} s, validation {seconds['validation']:.1f} s "
                   f"(epoch + validation {seconds['epoch'] + seconds['validation']:.1f} s), "

@@ -656,3 +656,21 @@ def test_a_name_that_is_not_utf8_and_one_near_the_length_limit_are_scored_and_wr
     scored = metrics.read_per_image(tmp_path / "again" / "per_image.csv")["maps"]
     assert os.fsencode(next(n for n in scored if n.startswith("caf"))) == b"caf\xe9"
     assert len(scored) == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--agreement", "-3"], "--agreement must be at least 1 (got -3)"),
+    (["--agreement", "2", "--checkpoint", "missing.pth"], "checkpoint missing.pth does not exist"),
+    (["--agreement", "2", "--data-dir", "nowhere"], "nowhere"),
+    (["--agreement", "5", "--data-dir", "mini"], "asks for more images than the 1 of the val")])
+def test_bench_agreement_with_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
+    import bench
+    write_mit_folder(tmp_path / "mini", ["a", "b", "c"])  # a split of its own: 1 val image
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dataset, "SPLIT_DIR", ROOT / "splits")
+    if "--checkpoint" not in args:
+        args += ["--checkpoint", str(PRETRAINED / "MrCNN.pth")]
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(args)
+    assert str(exit_.value).startswith("error: ") and message in str(exit_.value)
+    assert "\n" not in str(exit_.value)
