@@ -45,6 +45,9 @@ EPS = 2.2204e-16  # MATLAB's eps, as used by KLdiv.m
 
 METRIC_NAMES = ("auc_judd", "auc_shuffled", "auc_borji", "nss", "cc", "similarity",
                 "kl_divergence", "coursework_auc")
+# the metrics that read fixation points (NaN on an image without any); the others compare
+# with the fixation density map
+FIXATION_METRICS = ("auc_judd", "auc_shuffled", "auc_borji", "nss")
 
 
 def as_tensor(x, device=None):

@@ -138,11 +138,17 @@ SHORT_NAMES = {"auc_judd": "AUC-Judd", "auc_shuffled": "sAUC", "auc_borji": "AUC
 SUMMARY_METRICS = ("auc_shuffled", "auc_judd", "nss", "cc")  # the cross-validation table's
 
 
-def print_table(table, n_images):
+def print_table(table, n_images, no_fixation=()):
+    """The table of ``table`` (metrics.confidence_table) over ``n_images`` images, of which
+    ``no_fixation`` (names) have no fixation and count in no mean of a fixation metric."""
     short = SHORT_NAMES
     print(f"\n{n_images} images, mean +- 95% CI" if n_images > 1 else
           f"\n{n_images} image: no 95% CI, and no sAUC (its negatives are other images' "
           f"fixations)")
+    if no_fixation:
+        print(f"{fixation_metrics()} over {n_images - len(no_fixation)}: "
+              f"{shown_names(no_fixation)} {'has' if len(no_fixation) == 1 else 'have'} no "
+              f"fixation")
     print(f"{'':16s}" + "".join(f"{short[m]:>17s}" for m in metrics.METRIC_NAMES))
     for row, values in table.items():
         cells = "".join(f"{values[m]['mean']:>9.4f} +-{values[m]['ci95']:6.4f}"
@@ -167,10 +173,12 @@ def literature(args, rows, fixations, scored=LITERATURE_ROWS):
     scored = [row for row in scored if row in rows]
     print(f"scoring {len(fixations)} images x {len(scored)} rows with the BMS protocols",
           flush=True)
-    return {"size": list(shuffle.shape), "shuffle_images": n_images, "rows": {
-        row: metrics.bms_summary(metrics.bms_dataset_scores(
-            rows[row], fixations, shuffle, seed=args.seed, workers=args.worker_count))
-        for row in scored}}
+    with warnings.catch_warnings():  # images without a fixation: named with the table
+        warnings.filterwarnings("ignore", ".*the fixation map has no fixations")
+        return {"size": list(shuffle.shape), "shuffle_images": n_images, "rows": {
+            row: metrics.bms_summary(metrics.bms_dataset_scores(
+                rows[row], fixations, shuffle, seed=args.seed, workers=args.worker_count))
+            for row in scored}}
 
 
 def print_literature(block, data_dir):
@@ -275,11 +283,37 @@ def baseline_rows(args, n_images):
 
 def score_rows(args, rows, data):
     """Every metric of every image of ``data`` for each row ({row: maps}) -> {row: per-image
-    metric dicts}."""
+    metric dicts}. Images without a fixation are named once (their metrics are NaN)."""
     print(f"scoring {len(data)} image{'s' * (len(data) != 1)} x {len(rows)} rows with "
           f"{len(metrics.METRIC_NAMES)} metrics", flush=True)
-    return metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
-                                    workers=args.worker_count)[1]
+    empty = [name for name, points in zip(data.names, data.fixations) if not points.any()]
+    if empty:
+        warnings.warn(f"{len(empty)} of the {len(data)} images have no fixation (an empty "
+                      f"_fixPts map): {shown_names(empty)}. {fixation_metrics()} are undefined "
+                      f"there: their means are over the other {len(data) - len(empty)}.")
+    with warnings.catch_warnings():  # said above, once, with the names
+        warnings.filterwarnings("ignore", ".*the fixation map has no fixations")
+        return metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
+                                        workers=args.worker_count)[1]
+
+
+def fixation_metrics():
+    """'AUC-Judd, sAUC, AUC-Borji and NSS': the metrics that need fixation points."""
+    labels = [SHORT_NAMES[m] for m in metrics.FIXATION_METRICS]
+    return ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def shown_names(names, at_most=5):
+    """'a, b, c and 4 more': the first ``at_most`` of ``names``, printable."""
+    shown = ", ".join(dataset.printable(n) for n in names[:at_most])
+    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
+
+
+def images_without_fixations(names, scores):
+    """The names of the images on which no row ({row: per-image dicts}) has an AUC-Judd: those
+    without a fixation."""
+    return [name for i, name in enumerate(names)
+            if not any(math.isfinite(per_image[i]["auc_judd"]) for per_image in scores.values())]
 
 
 def score_split(args, state, model, precision, data):
@@ -307,7 +341,9 @@ def write_results(output_dir, names, scores, summary, default_row, literature_bl
     row's, and 'literature_rows', every row's) and per_image.csv; prints the table and the
     block. Returns the table."""
     table = metrics.confidence_table(scores)
-    summary = {**summary, "n_images": len(names), "default_row": default_row,
+    no_fixation = images_without_fixations(names, scores)
+    summary = {**summary, "n_images": len(names), "without_fixations": no_fixation,
+               "default_row": default_row,
                **{m: table[default_row][m]["mean"] for m in metrics.METRIC_NAMES}, "rows": table}
     if literature_block is not None:
         first = next(iter(literature_block["rows"].values()))
@@ -317,7 +353,7 @@ def write_results(output_dir, names, scores, summary, default_row, literature_bl
     write_text(output_dir / "metrics.json", json.dumps(strict_json(summary), indent=2,
                                                        allow_nan=False))
     metrics.write_per_image(output_dir / "per_image.csv", names, scores)
-    print_table(table, len(names))
+    print_table(table, len(names), no_fixation)
     if literature_block is not None:
         print_literature(literature_block, data_dir)
     return table

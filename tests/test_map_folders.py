@@ -53,6 +53,24 @@ def test_a_folder_of_maps_in_any_format_and_size_is_one_row_beside_the_baselines
         metrics.auc_judd(metrics.as_submitted_map(colour, (60, 80)), fixations), abs=1e-6)
 
 
+def test_an_image_without_fixations_is_named_once_and_left_out_of_the_fixation_means(mini):
+    empty = np.zeros((60, 80), np.uint8)
+    Image.fromarray(empty).save(mini / "mini" / dataset.MAPS / "b_fixPts.jpg")
+    result = run_test_py(mini, "--data-dir", "mini", "--split", "all", "--maps", "model",
+                         "--output-dir", "out")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("warning:") == 1 and "1 of the 4 images have no fixation (an " \
+        "empty _fixPts map): b. AUC-Judd, sAUC, AUC-Borji and NSS are undefined" in result.stderr
+    assert "AUC-Judd, sAUC, AUC-Borji and NSS over 3: b has no fixation" in result.stdout
+    summary = json.loads((mini / "out" / "metrics.json").read_text())
+    assert summary["without_fixations"] == ["b"] and summary["n_images"] == 4
+    scores = metrics.read_per_image(mini / "out" / "per_image.csv")["model"]
+    others = [scores[name]["auc_judd"] for name in NAMES if name != "b"]
+    assert summary["rows"]["model"]["auc_judd"]["mean"] == pytest.approx(np.mean(others), abs=1e-6)
+    assert summary["rows"]["model"]["cc"]["mean"] == pytest.approx(
+        np.mean([scores[name]["cc"] for name in NAMES]), abs=1e-6)  # density metrics: all four
+
+
 def test_save_maps_then_maps_reproduces_the_row_on_real_images(tmp_path):
     root = require_mit1003()
     names = dataset.read_split("test")[:4]
