@@ -415,7 +415,7 @@ def test_fixation_maps_without_any_non_fixated_pixel_are_one_clear_error(tmp_pat
                         "--batch-size", "8", "--checkpoint-dir", str(tmp_path / "ck"),
                         "--cache-dir", str(tmp_path / "cache"), "-j", "1")
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-800:]
-    assert "no image (of 1) has both fixated pixels" in result.stderr
+    assert "no training image (of 1) has both fixated pixels" in result.stderr
 
 
 def test_another_eye_tracking_dataset_trains_and_scores_on_a_split_of_its_own(tmp_path):
