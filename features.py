@@ -5,6 +5,7 @@ hooks, so the models hold no visualisation state; pictures are also written as P
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -77,7 +78,9 @@ def save_feature_maps(model, crops, labels, writer, folder, step):
         activations = record_activations(model.stream(s), normalised[:, s])
         for j, i in enumerate(picks):
             label = "fixation" if labels[i] > 0.5 else "non_fixation"
-            fig, axes = plt.subplots(1, 4, figsize=(10, 2.9))
+            fig, axes = plt.subplots(1, 4, figsize=(10, 2.9), dpi=80)
+            # a fixed layout: tight_layout would draw the figure once more to measure it
+            fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.08)
             axes[0].imshow(chosen[j, s].permute(1, 2, 0).cpu().clamp(0, 1).numpy())
             axes[0].set_title(f"input crop, {size}x{size} copy")
             for ax, (name, act) in zip(axes[1:], activations.items()):
@@ -87,10 +90,13 @@ def save_feature_maps(model, crops, labels, writer, folder, step):
                 ax.axis("off")
             fig.suptitle(f"scale {size}, sample {j}: {label.replace('_', '-')} location "
                          f"(label {float(labels[i]):.2f})")
-            fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the title
+            fig.canvas.draw()  # once, for both the PNG and TensorBoard
+            pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+            plt.close(fig)
             write_atomically(folder / f"scale{size}_sample{j}_{label}.png",
-                             lambda tmp: fig.savefig(tmp, dpi=80))
-            writer.add_figure(f"features/scale{size}/sample{j}_{label}", fig, step)  # closes it
+                             Image.fromarray(pixels).save)
+            writer.add_image(f"features/scale{size}/sample{j}_{label}", pixels, step,
+                             dataformats="HWC")
     model.train(was_training)
     save_filters(model, writer, folder, step)
 

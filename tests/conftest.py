@@ -73,3 +73,29 @@ def logs_in_tmp_path(tmp_path, monkeypatch):
 def small_synthetic(monkeypatch):
     """The synthetic set shrunk to 8 train / 4 val scenes (240 samples an epoch)."""
     monkeypatch.setattr(dataset, "SYNTHETIC_SIZES", {"train": 8, "val": 4})
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory):
+    """Two runs on the small synthetic set (``make_args`` with --batch-size 64), trained once
+    for every test that reads, moves or resumes such a run: {'one_epoch': the folder of a run
+    of one epoch, 'two_epochs': that of a run of two}. The same flags and seed, so a copy of
+    'one_epoch' resumed to epoch 2 must end with the weights of 'two_epochs'. Tests copy a
+    folder (``copy_run``) before they change anything in it."""
+    root = tmp_path_factory.mktemp("shared_runs")
+    folders = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset, "SYNTHETIC_SIZES", {"train": 8, "val": 4})
+        for name, epochs in (("one_epoch", "1"), ("two_epochs", "2")):
+            args = make_args(root / name, "--epochs", epochs, "--batch-size", "64")
+            main.train(main.build(args))
+            folders[name] = root / name / "checkpoint" / "run"
+    return folders
+
+
+def copy_run(run_dir, destination):
+    """A copy of the run folder ``run_dir`` at ``destination`` (created with its parents);
+    returns ``destination``."""
+    import shutil
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(run_dir, destination))

@@ -18,7 +18,7 @@ import metrics
 import main
 import optimisation
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from conftest import PRETRAINED, ROOT, load_test_py, make_args, write_mit_folder
+from conftest import PRETRAINED, ROOT, copy_run, load_test_py, make_args, write_mit_folder
 
 
 
@@ -509,27 +509,24 @@ except KeyboardInterrupt:
 
 # ----------------------------------------------------------------------------- run folders
 def test_a_moved_run_resumes_in_its_own_folder_never_over_a_run_of_the_same_name(
-        tmp_path, small_synthetic):
-    main.train(main.build(make_args(tmp_path, "--epochs", "1", "--batch-size", "64")))
-    run_dir = tmp_path / "checkpoint" / "run"
-    moved = tmp_path / "elsewhere" / "run"
-    moved.parent.mkdir()
-    run_dir.rename(moved)
-    main.train(main.build(make_args(tmp_path / "other", "--epochs", "1", "--batch-size", "64",
-                                    "--checkpoint-dir", str(tmp_path / "checkpoint"))))
-    unrelated = (run_dir / "final_model.pth").read_bytes()  # a new run of the same name
+        tmp_path, small_synthetic, shared_runs):
+    """The run's checkpoint names --checkpoint-dir/run (here tmp_path/checkpoint/run), where an
+    unrelated run of that name now lives; the moved run resumes where its file is."""
+    moved = copy_run(shared_runs["one_epoch"], tmp_path / "elsewhere" / "run")
+    run_dir = copy_run(shared_runs["one_epoch"], tmp_path / "checkpoint" / "run")
+    unrelated = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
     main.train(main.build(make_args(tmp_path, "--epochs", "2", "--batch-size", "64",
                                     "--resume", str(moved / "last.pth"))))
     assert load_checkpoint(moved / "final_model.pth")["epoch"] == 2
-    assert (run_dir / "final_model.pth").read_bytes() == unrelated
+    assert {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()} \
+        == unrelated
     assert not (moved / ".lock").exists()  # released when the run ended
 
 
-def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(tmp_path,
-                                                                          small_synthetic):
+def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(
+        tmp_path, small_synthetic, shared_runs):
     import checkpoints
-    main.train(main.build(make_args(tmp_path, "--epochs", "1", "--batch-size", "64")))
-    run_dir = tmp_path / "checkpoint" / "run"
+    run_dir = copy_run(shared_runs["one_epoch"], tmp_path / "checkpoint" / "run")
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run_dir / ".lock").write_text(f"{other.pid} {__import__('socket').gethostname()}")

@@ -24,7 +24,7 @@ import main
 import optimisation
 from checkpoints import (CheckpointError, load_checkpoint, model_from_checkpoint,
                          refuse_changed_flags, save_checkpoint)
-from conftest import PRETRAINED, ROOT, make_args, write_mit_folder
+from conftest import PRETRAINED, ROOT, copy_run, make_args, write_mit_folder
 
 
 def weights(path):
@@ -106,17 +106,15 @@ def test_a_constant_activation_is_drawn_mid_grey():
     assert grid[:4, 5:9].min() == 0 and grid[:4, 5:9].max() == 1
 
 
-def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(tmp_path,
-                                                                               small_synthetic):
-    flags = ("--epochs", "2", "--batch-size", "64")
-    main.train(main.build(make_args(tmp_path / "a", *flags)))
-    main.train(main.build(make_args(tmp_path / "b", "--epochs", "1", "--batch-size", "64")))
-    saved = tmp_path / "b" / "checkpoint" / "run" / "last.pth"
-    run = main.build(make_args(tmp_path / "b", *flags, "--resume", str(saved)))
+def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
+        tmp_path, small_synthetic, shared_runs):
+    saved = copy_run(shared_runs["one_epoch"], tmp_path / "checkpoint" / "run") / "last.pth"
+    run = main.build(make_args(tmp_path, "--epochs", "2", "--batch-size", "64", "--resume",
+                               str(saved)))
     assert (run["epoch"], run["step"]) == (1, load_checkpoint(saved)["step"])
     main.train(run)
-    straight = weights(tmp_path / "a" / "checkpoint" / "run" / "final_model.pth")
-    resumed = weights(tmp_path / "b" / "checkpoint" / "run" / "final_model.pth")
+    straight = weights(shared_runs["two_epochs"] / "final_model.pth")
+    resumed = weights(saved.parent / "final_model.pth")
     for name, value in straight.items():
         assert torch.equal(value, resumed[name]), name
 
@@ -253,10 +251,9 @@ def test_resume_takes_the_runs_own_flags_as_defaults(tmp_path, small_synthetic):
 
 
 def test_resuming_a_checkpoint_that_the_run_has_gone_past_is_refused_and_overwrites_nothing(
-        tmp_path, small_synthetic):
-    main.train(main.build(make_args(tmp_path, "--batch-size", "64", "--epochs", "1")))
+        tmp_path, small_synthetic, shared_runs):
     flags = ("--batch-size", "64", "--epochs", "3")
-    run_dir = tmp_path / "checkpoint" / "run"
+    run_dir = copy_run(shared_runs["one_epoch"], tmp_path / "checkpoint" / "run")
     shutil.copy(run_dir / "last.pth", run_dir / "interrupted.pth")  # a stop at epoch 1 ...
     later = load_checkpoint(run_dir / "last.pth")  # ... that was resumed and went on
     save_checkpoint(later | {"epoch": 2, "step": 2 * later["step"]}, run_dir / "last.pth")
