@@ -190,7 +190,8 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
             handle.write(b"half a checkpoint")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(torch, "save", crash_mid_write)
-    with pytest.raises(OSError):
+    from files import WriteError
+    with pytest.raises(WriteError, match="best.pth \\(the disk is full\\)"):
         save_checkpoint({"model": "MrCNN", "model_state": {"w": torch.zeros(3)}}, path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model_state"]["w"], torch.ones(3))
