@@ -263,7 +263,8 @@ def test_tools_run_as_scripts_from_anywhere_give_their_own_errors(tmp_path, tool
 # ----------------------------------------------------------------------------- interruption
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_to_identical_weights(
         tmp_path, small_synthetic, monkeypatch, capsys):
-    flags = ("--epochs", "3", "--batch-size", "32")  # 8 images x 30 samples: 7 steps/epoch
+    # 8 images x 30 samples: 7 steps/epoch; validated at the end only
+    flags = ("--epochs", "3", "--batch-size", "32", "--val-frequency", "3")
     main.train(main.build(make_args(tmp_path / "a", *flags)))
     steps = []
 
@@ -299,7 +300,9 @@ def test_sigint_to_a_training_process_saves_and_exits_cleanly(tmp_path):
     # stdout is a pipe, as with `python main.py > log`: its lines must come as they are printed
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--epochs", "50",
-                                "--data-dir", "synthetic", "-j", "1", "--run-name", "r"],
+                                "--data-dir", "synthetic", "-j", "1", "--run-name", "r",
+                                "--fixations-per-image", "1", "--non-fixations-per-image", "2",
+                                "--batch-size", "32"],  # 3 steps an epoch
                                cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(240, process.kill)  # a line stuck in a buffer fails, not hangs

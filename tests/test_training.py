@@ -120,15 +120,17 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(
 
 
 def test_a_resumed_run_keeps_its_data_when_data_mit1003_appears(tmp_path, small_synthetic,
-                                                                 monkeypatch):
+                                                                 monkeypatch, shared_runs):
+    """A run started without --data-dir (no data/MIT1003: the synthetic set) resumes on the
+    synthetic set once data/MIT1003 exists, and ends as a straight run of the same flags."""
     monkeypatch.chdir(tmp_path)
-    flags = ["--checkpoint-dir", "ck", "--cache-dir", "cache", "--run-name", "r", "-j", "1",
+    flags = ["--checkpoint-dir", "ck", "--cache-dir", "cache", "--run-name", "s", "-j", "2",
              "--batch-size", "64"]
-    assert main.main([*flags, "--epochs", "2"]) == 0
-    assert main.main([*flags, "--epochs", "1", "--run-name", "s"]) == 0
+    assert main.main([*flags, "--epochs", "1"]) == 0
     write_mit_folder(tmp_path / "data" / "MIT1003", ["a", "b", "c"])  # a user adds data
-    assert main.main(["--resume", "ck/s/last.pth", "--epochs", "2", "-j", "1"]) == 0
-    straight, resumed = weights("ck/r/final_model.pth"), weights("ck/s/final_model.pth")
+    assert main.main(["--resume", "ck/s/last.pth", "--epochs", "2", "-j", "2"]) == 0
+    straight = weights(shared_runs["two_epochs"] / "final_model.pth")
+    resumed = weights("ck/s/final_model.pth")
     assert all(torch.equal(value, resumed[name]) for name, value in straight.items())
     assert not (tmp_path / "cache").exists()  # MIT1003 was never read
 
