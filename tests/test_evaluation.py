@@ -239,8 +239,10 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
         shipped["post_processing"] = None
         folds.append(tmp_path / f"fold{k}.pth")
         torch.save(shipped, folds[-1])
+    # 4x4 maps from crops: the pooling is under test, not the inference (29 folds are scored)
     common = ["--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "-j", "1",
-              "--precision", "fp32", "--device", "cpu"]
+              "--precision", "fp32", "--device", "cpu", "--inference", "crops", "--grid-size",
+              "4"]
     assert evaluation.main([*common, "--folds", *map(str, folds),
                             "--output-dir", str(tmp_path / "cv")]) == 0
     summary = json.loads((tmp_path / "cv" / "metrics.json").read_text())
@@ -270,7 +272,7 @@ def test_cross_validation_scores_every_image_once_by_the_run_that_held_it_out(tm
         assert read["literature"][protocol]["means"] == pytest.approx(
             summary["literature"][protocol]["means"], abs=0.002)
     kept_names, kept = evaluation.load_raw_maps(tmp_path / "cv" / "raw_maps.npz")
-    assert kept_names == [r["image"] for r in pooled] and kept.shape == (20, 50, 50)
+    assert kept_names == [r["image"] for r in pooled] and kept.shape == (20, 4, 4)
     (tmp_path / "fold3" / "raw_maps.npz").rename(tmp_path / "fold3_maps.npz")
     assert evaluation.main([*common, "--folds", *with_folder,
                             "--output-dir", str(tmp_path / "cv_no_maps")]) == 0
