@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from dataset import SCALES, printable
-from files import write_atomically
+from files import failure_cause, write_atomically
 
 
 SAMPLES_PER_LABEL = 2  # feature pictures: this many fixation and non-fixation samples
@@ -127,6 +127,17 @@ def side_by_side(image, density, saliency):
     gap = torch.ones(3, size, 4)
     return torch.cat([image.float() / 255, gap, grey(density.float()[None]), gap,
                       grey(upsampled - upsampled.min())], dim=2)
+
+
+def ensure_log_dir(log_dir):
+    """Create ``log_dir`` (TensorBoard events go to <log_dir>/<run>) if needed; SystemExit
+    with one line where it cannot be, before a run folder exists."""
+    try:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"error: cannot write TensorBoard events to {log_dir} "
+                         f"({failure_cause(error, Path(log_dir).parent)}). Pass a writable "
+                         f"--log-dir.")
 
 
 def log_validation(writer, model, results, maps, val_set, folder, step):

@@ -43,10 +43,13 @@ def write_text(path, text):
 
 
 def failure_cause(error, folder):
-    """A few words on why a write into ``folder`` failed with ``error``: the system's words for
-    an OSError, else the first line of the message; 'the disk is full' where it is."""
+    """A few words on why a write into ``folder`` failed with ``error``: 'the disk is full'
+    where it is, 'a file stands where a folder is needed', the system's words for another
+    OSError, else the first line of the message."""
     if isinstance(error, OSError) and error.errno == errno.ENOSPC or _nearly_full(folder):
         return "the disk is full"
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return "a file stands where a folder is needed"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

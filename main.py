@@ -34,7 +34,7 @@ from cli import HelpFormatter, progress as progress_report
 from devices import (DEVICES, PRECISIONS, autocast_context, checked_worker_count,
                      keep_freed_memory, pick_device, pick_precision)
 from distil import teacher_maps
-from features import log_hparams, log_validation, save_feature_maps
+from features import ensure_log_dir, log_hparams, log_validation, save_feature_maps
 from files import WriteError
 from inference import predict_maps
 from models import MODELS, build_model
@@ -84,8 +84,7 @@ def parse_args(argv=None):
     add("--checkpoint-frequency", type=int, default=5, help="also keep epoch<N>.pth every N "
         "epochs (0: never)")
     add("--patience", type=int, default=0, help="stop once val sAUC (AUC-Judd if val has one "
-        "image) has not improved for N validations (0: run all --epochs); final_model.pth is "
-        "then the last epoch")
+        "image) has not improved for N validations (0: run all --epochs)")
     add("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     add("--init-from", metavar="PATH", help="start a new run from this checkpoint's weights")
     add("--run-name", help="run folder (default: model, optimiser, lr, batch size, fold, time)")
@@ -282,6 +281,7 @@ def build(args, command=""):
                                           args.lr_schedule, args.epochs)
     targets = (teacher_maps(teachers, train_set, args.cache_dir, device, precision,
                             args.teacher_blur) if args.teacher else None)  # before the folder
+    ensure_log_dir(args.log_dir)
     if resume_state is None:
         fold = "" if args.fold is None else f"_fold{args.fold}"
         run_dir = new_run_dir(args.checkpoint_dir, args.run_name or time.strftime(

@@ -675,3 +675,14 @@ def test_bench_agreement_with_bad_input_is_one_line(tmp_path, monkeypatch, args,
         bench.main(args)
     assert str(exit_.value).startswith("error: ") and message in str(exit_.value)
     assert "\n" not in str(exit_.value)
+
+
+def test_a_log_dir_that_cannot_be_created_is_one_line_before_a_run_folder_exists(
+        tmp_path, small_synthetic):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main.build(make_args(tmp_path, "--log-dir", str(tmp_path / "a_file")))
+    assert str(exit_.value) == (f"error: cannot write TensorBoard events to {tmp_path / 'a_file'}"
+                                f" (a file stands where a folder is needed). Pass a writable "
+                                f"--log-dir.")
+    assert not (tmp_path / "checkpoint").exists()
