@@ -28,6 +28,7 @@ if not __package__:  # run as python tools/<name>.py: the project's modules are 
 
 from dataset import (MAPS, SCALES, STIMULI, DatasetError, mit_layout_names, open_grey,
                      open_rgb, resize_map_uint8)
+from files import WriteError, write_atomically
 from metrics import as_binary_map
 
 
@@ -47,12 +48,15 @@ def pack(data_dir, output_dir, quality):
     maps_dir = Path(data_dir) / MAPS
     for name in names:
         image = open_rgb(stimuli[name]).resize((SCALES[0], SCALES[0]), Image.BILINEAR)
-        image.save(output_dir / STIMULI / f"{name}.jpeg", quality=quality)
-        density = resize_map_uint8(open_grey(maps_dir / f"{name}_fixMap.jpg")).numpy()
-        Image.fromarray(density).save(output_dir / MAPS / f"{name}_fixMap.jpg", quality=85)
-        points = as_binary_map(open_grey(maps_dir / f"{name}_fixPts.jpg")).numpy()
-        Image.fromarray(points).save(output_dir / MAPS / f"{name}_fixPts.jpg", format="PNG",
-                                     optimize=True)
+        write_atomically(output_dir / STIMULI / f"{name}.jpeg",
+                         lambda tmp: image.save(tmp, quality=quality))
+        density = Image.fromarray(resize_map_uint8(open_grey(maps_dir / f"{name}_fixMap.jpg")
+                                                   ).numpy())
+        write_atomically(output_dir / MAPS / f"{name}_fixMap.jpg",
+                         lambda tmp: density.save(tmp, quality=85))
+        points = Image.fromarray(as_binary_map(open_grey(maps_dir / f"{name}_fixPts.jpg")).numpy())
+        write_atomically(output_dir / MAPS / f"{name}_fixPts.jpg",
+                         lambda tmp: points.save(tmp, format="PNG", optimize=True))
     return sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
 
 
@@ -70,6 +74,9 @@ def main(argv=None):
         size = pack(args.data_dir, args.output_dir, args.quality)
     except DatasetError as error:
         sys.exit(f"error: {error}")
+    except WriteError as error:
+        sys.exit(f"error: {error}. {args.output_dir} is incomplete: free some space, remove it "
+                 f"and run again.")
     except KeyboardInterrupt:
         sys.exit(f"interrupted: {args.output_dir} is incomplete; remove it and run again")
     print(f"{args.output_dir}: {size / 2**20:.1f} MiB")
