@@ -31,7 +31,7 @@ from files import WriteError, write_text
 from features import log_validation, save_feature_maps
 from inference import saliency_grid
 from MrCNN import CROP_SIZE, N_SCALES
-from models import build_model
+from models import MODELS, build_model
 from optimisation import train_step
 
 
@@ -114,6 +114,87 @@ def training_samples_per_s(name, batch_size, precision, device, scales, steps, r
             crops = dataset.cut_crops(padded, index[sl], rel[sl], flip[sl])
             train_step(model, optimizer, crops, target[sl], precision)
     return n / median_seconds(run, repeats, device)
+
+
+# the layer of a convolution, from its input channels (forward) or output channels (backward)
+CONV_LAYERS = {"forward": {3: "conv1", 96: "conv2", 160: "conv3"},
+               "backward": {96: "conv1", 160: "conv2", 288: "conv3"}}
+
+
+def step_part(key, shapes):
+    """What a profiled op (name ``key``, input ``shapes``) of a training step belongs to."""
+    if "convolution" in key:
+        direction = "backward" if "backward" in key else "forward"
+        channels = shapes[0][1] if shapes and len(shapes[0]) == 4 else None
+        return f"{CONV_LAYERS[direction].get(channels, 'conv')} {direction}"
+    parts = (("Optimizer.", "optimiser (Adam step, zero_grad)"), ("crops", "crop gathering"),
+             ("mm", "fully connected (fc, fusion)"), ("linear", "fully connected (fc, fusion)"),
+             ("max_pool", "max-pool"), ("dropout", "dropout"), ("bernoulli", "dropout"),
+             ("relu", "ReLU"), ("threshold_backward", "ReLU"), ("binary_cross", "loss"),
+             ("_to_copy", "dtype and layout conversions"), ("copy_", "dtype and layout conversions"),
+             ("to_dense", "dtype and layout conversions"), ("to_mkldnn", "dtype and layout "
+                                                           "conversions"),
+             ("contiguous", "dtype and layout conversions"), ("clone", "dtype and layout "
+                                                              "conversions"))
+    return next((part for word, part in parts if word in key), "other")
+
+
+def profile_training_step(name, batch_size, precision, scales, steps=6):
+    """Where a training step's time goes on the CPU (torch.profiler over ``steps`` steps after
+    two warm-up steps, the optimiser as main.py builds it) -> [(part, ms per step)], largest
+    first, and the measured ms per step. Each op's own time counts once: in crop gathering or
+    the optimiser where it runs inside them, else in the part that ``step_part`` names after it
+    or after its nearest caller that names one."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    from optimisation import make_optimizer
+    torch.manual_seed(0)
+    model = build_model(name).train()
+    optimizer, _ = make_optimizer(model, "adam", 1e-3, 2e-4, 0.9, "constant", 1)
+    padded = [dataset.pad_images(s) for s in scales]
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randint(len(scales[0]), (batch_size,), generator=generator)
+    rel = torch.rand(batch_size, 2, generator=generator)
+    target = (torch.rand(batch_size, generator=generator) < 1 / 3).float()
+
+    def step():
+        with record_function("crops"):
+            crops = dataset.cut_crops(padded, index, rel)
+        train_step(model, optimizer, crops, target, precision)
+    step()
+    step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        seconds = (time.perf_counter() - start) / steps
+    parts = {}
+    for event in prof.events():
+        part, node, top = "other", event, event
+        while top.cpu_parent is not None:
+            top = top.cpu_parent
+        if top.name == "crops" or top.name.startswith("Optimizer."):
+            part = step_part(top.name, [])
+        while part == "other" and node is not None:  # e.g. max-pool backward's zero-fill
+            part, node = step_part(node.name, node.input_shapes), node.cpu_parent
+        parts[part] = parts.get(part, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return sorted(parts.items(), key=lambda item: -item[1]), 1e3 * seconds
+
+
+def print_profiles(batch_size=256):
+    """Print and return ``profile_training_step`` of both models at the CPU's default
+    precision: {model: {'ms_per_step', 'parts': {part: ms}}}."""
+    precision = pick_precision("auto", torch.device("cpu"))
+    scales = dataset.load_synthetic(8, seed=0).scales
+    results = {}
+    for name in MODELS:
+        parts, ms = profile_training_step(name, batch_size, precision, scales)
+        results[name] = {"ms_per_step": ms, "parts": dict(parts)}
+        profiled = sum(value for _, value in parts)
+        print(f"{name}, batch {batch_size}, {precision}, {torch.get_num_threads()} threads: "
+              f"{ms:.0f} ms a step ({batch_size / ms * 1e3:.0f} samples/s) under the profiler")
+        for part, value in parts:
+            print(f"  {part:<34s} {value:7.1f} ms  {100 * value / profiled:5.1f}%")
+    return results
 
 
 def inference_seconds(model, scales, mode, precision, device, repeats, batch_size=1024):
@@ -200,6 +281,9 @@ def main(argv=None):
     parser.add_argument("--pipeline", action="store_true", help="instead: time a training "
                         "epoch, its validation and test.py on --data-dir (MIT1003), on --device "
                         "and, for a GPU, on the CPU beside it")
+    parser.add_argument("--profile", action="store_true", help="instead: where a training step "
+                        "of MrCNN and MrCNNs (batch 256, the CPU's default precision) spends "
+                        "its time on the CPU, from torch.profiler")
     parser.add_argument("--checkpoint", default="checkpoint/pretrained/MrCNN.pth")
     parser.add_argument("--data-dir", default="data/MIT1003")
     args = parser.parse_args(argv)
@@ -214,6 +298,9 @@ def main(argv=None):
                        for d in dict.fromkeys([pick_device(args.device).type, "cpu"])}
     except (CheckpointError, dataset.DatasetError) as error:
         sys.exit(f"error: {error}")
+    if args.profile:
+        keep_freed_memory()  # as main.py trains
+        return print_profiles()
     device = pick_device(args.device)
     if args.pipeline:
         for d, seconds in results.items():

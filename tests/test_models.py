@@ -123,3 +123,18 @@ def test_both_ways_of_timing_a_gemm_compute_the_same_product():
     assert set(ways) == {"matmul", "1x1 conv"}
     for way, product in ways.items():
         torch.testing.assert_close(product(), a @ b, rtol=1e-12, atol=1e-12, msg=way)
+
+
+def test_the_training_step_profile_names_each_layer_and_accounts_for_the_step():
+    """bench.py --profile: every convolution, forward and backward, is found by layer, and the
+    parts add up to most of the measured step (the rest is Python between the ops)."""
+    import dataset
+    from bench import profile_training_step
+    scales = dataset.load_synthetic(2, seed=0).scales
+    parts, ms = profile_training_step("MrCNN", 8, "fp32", scales, steps=2)
+    names = dict(parts)
+    for layer in ("conv1", "conv2", "conv3"):
+        assert names[f"{layer} forward"] > 0 and names[f"{layer} backward"] > 0
+    assert {"max-pool", "dropout", "optimiser (Adam step, zero_grad)",
+            "crop gathering"} <= set(names)
+    assert 0.3 * ms < sum(names.values()) <= 1.05 * ms
