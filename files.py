@@ -46,7 +46,9 @@ def failure_cause(error, folder):
     """A few words on why a write into ``folder`` failed with ``error``: 'the disk is full'
     where it is, 'a file stands where a folder is needed', the system's words for another
     OSError, else the first line of the message."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or _nearly_full(folder):
+    known = isinstance(error, OSError) and error.errno is not None
+    # torch's and PIL's words for a full disk vary: where no errno says, the free space does
+    if (known and error.errno == errno.ENOSPC) or (not known and _nearly_full(folder)):
         return "the disk is full"
     if isinstance(error, (FileExistsError, NotADirectoryError)):
         return "a file stands where a folder is needed"
