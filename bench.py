@@ -119,6 +119,14 @@ def training_samples_per_s(name, batch_size, precision, device, scales, steps, r
 # the layer of a convolution, from its input channels (forward) or output channels (backward)
 CONV_LAYERS = {"forward": {3: "conv1", 96: "conv2", 160: "conv3"},
                "backward": {96: "conv1", 160: "conv2", 288: "conv3"}}
+# the other parts of a step, by words in their ops' names (the first part that matches)
+STEP_PARTS = {"optimiser (Adam step, zero_grad)": ("Optimizer.",),
+              "crop gathering": ("crops",),
+              "fully connected (fc, fusion)": ("mm", "linear"),
+              "max-pool": ("max_pool",), "dropout": ("dropout", "bernoulli"),
+              "ReLU": ("relu", "threshold_backward"), "loss": ("binary_cross",),
+              "dtype and layout conversions": ("_to_copy", "copy_", "to_dense", "to_mkldnn",
+                                               "contiguous", "clone")}
 
 
 def step_part(key, shapes):
@@ -127,16 +135,8 @@ def step_part(key, shapes):
         direction = "backward" if "backward" in key else "forward"
         channels = shapes[0][1] if shapes and len(shapes[0]) == 4 else None
         return f"{CONV_LAYERS[direction].get(channels, 'conv')} {direction}"
-    parts = (("Optimizer.", "optimiser (Adam step, zero_grad)"), ("crops", "crop gathering"),
-             ("mm", "fully connected (fc, fusion)"), ("linear", "fully connected (fc, fusion)"),
-             ("max_pool", "max-pool"), ("dropout", "dropout"), ("bernoulli", "dropout"),
-             ("relu", "ReLU"), ("threshold_backward", "ReLU"), ("binary_cross", "loss"),
-             ("_to_copy", "dtype and layout conversions"), ("copy_", "dtype and layout conversions"),
-             ("to_dense", "dtype and layout conversions"), ("to_mkldnn", "dtype and layout "
-                                                           "conversions"),
-             ("contiguous", "dtype and layout conversions"), ("clone", "dtype and layout "
-                                                              "conversions"))
-    return next((part for word, part in parts if word in key), "other")
+    return next((part for part, words in STEP_PARTS.items()
+                 if any(word in key for word in words)), "other")
 
 
 def profile_training_step(name, batch_size, precision, scales, steps=6):

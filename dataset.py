@@ -586,12 +586,10 @@ def refuse_untrainable(train):
                            f"(below {NON_FIXATION_THRESHOLD}) to draw training locations from: "
                            f"check that the fixation maps are density maps, not uniform images.")
     if left_out:
-        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5
-                                           else "")
         warnings.warn(f"{len(left_out)} of the {len(train)} training images give no training "
-                      f"location and are left out of training ({shown}): their fixation maps "
-                      f"have no pixel above {FIXATION_THRESHOLD} of their maximum or none below "
-                      f"{NON_FIXATION_THRESHOLD} (an empty or uniform map)")
+                      f"location and are left out of training ({shown_names(left_out)}): their "
+                      f"fixation maps have no pixel above {FIXATION_THRESHOLD} of their maximum "
+                      f"or none below {NON_FIXATION_THRESHOLD} (an empty or uniform map)")
 
 
 def _load_training_data(data_dir, fold, cache_dir, workers, seed):
@@ -947,6 +945,12 @@ def printable(name):
     """A file or image name as text any renderer takes: bytes of a name that is not UTF-8
     (which Python holds as lone surrogates) become U+FFFD."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def shown_names(names, at_most=5):
+    """'a, b, c, d, e and 4 more': the first ``at_most`` of ``names``, printable."""
+    shown = ", ".join(printable(n) for n in names[:at_most])
+    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
 
 
 def main(argv=None):

@@ -147,8 +147,8 @@ def print_table(table, n_images, no_fixation=()):
           f"fixations)")
     if no_fixation:
         print(f"{fixation_metrics()} over {n_images - len(no_fixation)}: "
-              f"{shown_names(no_fixation)} {'has' if len(no_fixation) == 1 else 'have'} no "
-              f"fixation")
+              f"{dataset.shown_names(no_fixation)} "
+              f"{'has' if len(no_fixation) == 1 else 'have'} no fixation")
     print(f"{'':16s}" + "".join(f"{short[m]:>17s}" for m in metrics.METRIC_NAMES))
     for row, values in table.items():
         cells = "".join(f"{values[m]['mean']:>9.4f} +-{values[m]['ci95']:6.4f}"
@@ -286,11 +286,13 @@ def score_rows(args, rows, data):
     metric dicts}. Images without a fixation are named once (their metrics are NaN)."""
     print(f"scoring {len(data)} image{'s' * (len(data) != 1)} x {len(rows)} rows with "
           f"{len(metrics.METRIC_NAMES)} metrics", flush=True)
-    empty = [name for name, points in zip(data.names, data.fixations) if not points.any()]
+    empty = [name for name, points in zip(data.names, data.fixations)
+             if points is not None and not points.any()]
     if empty:
         warnings.warn(f"{len(empty)} of the {len(data)} images have no fixation (an empty "
-                      f"_fixPts map): {shown_names(empty)}. {fixation_metrics()} are undefined "
-                      f"there: their means are over the other {len(data) - len(empty)}.")
+                      f"_fixPts map): {dataset.shown_names(empty)}. {fixation_metrics()} are "
+                      f"undefined there: their means are over the other "
+                      f"{len(data) - len(empty)}.")
     with warnings.catch_warnings():  # said above, once, with the names
         warnings.filterwarnings("ignore", ".*the fixation map has no fixations")
         return metrics.evaluate_dataset(rows, data.fixations, data.densities, seed=args.seed,
@@ -301,12 +303,6 @@ def fixation_metrics():
     """'AUC-Judd, sAUC, AUC-Borji and NSS': the metrics that need fixation points."""
     labels = [SHORT_NAMES[m] for m in metrics.FIXATION_METRICS]
     return ", ".join(labels[:-1]) + " and " + labels[-1]
-
-
-def shown_names(names, at_most=5):
-    """'a, b, c and 4 more': the first ``at_most`` of ``names``, printable."""
-    shown = ", ".join(dataset.printable(n) for n in names[:at_most])
-    return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
 
 
 def images_without_fixations(names, scores):
