@@ -458,3 +458,19 @@ def test_the_readmes_cross_validation_rows_pool_from_the_scores_kept_in_docs(tmp
         for metric, (mean, ci) in zip(("auc_shuffled", "auc_judd", "nss", "cc"), cells):
             assert f"{rows[row][metric]['mean']:.4f}" == mean.strip(), (row, metric)
             assert f"{rows[row][metric]['ci95']:.4f}" == ci.strip(), (row, metric)
+
+
+def test_the_literature_table_reads_kept_folds_and_weights_their_mean_by_images(tmp_path):
+    from tools import literature_table
+    folders = [ROOT / "docs" / "cv_adam_run3" / "fold0", ROOT / "docs" / "test_split" / "MrCNN"]
+    rows = literature_table.fold_row(folders[0]), literature_table.fold_row(folders[1])
+    kept = json.loads((folders[0] / "metrics.json").read_text())
+    assert rows[0]["mit"] == kept["auc_shuffled"] and rows[0]["n"] == 101
+    assert rows[0]["bms2013"][1] == kept["literature_rows"]["raw"]["bms2013"]["best"]
+    table = literature_table.markdown(rows).splitlines()
+    weighted = (101 * rows[0]["mit"] + 100 * rows[1]["mit"]) / 201
+    assert table[-1].startswith(f"| mean of 2 (201 images) | {weighted:.4f} |")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps({"n_images": 3}))
+    with pytest.raises(SystemExit, match="holds no literature-protocol block"):
+        literature_table.main([str(tmp_path / "old")])
