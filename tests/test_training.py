@@ -494,9 +494,14 @@ with open({log!r}, "a") as log:
 if args[0] == "main.py":  # a fold run: finish it, unless it is the fold told to fail
     run = (Path(args[args.index("--resume") + 1]).parent if "--resume" in args else
            Path(args[args.index("--checkpoint-dir") + 1]) / args[args.index("--run-name") + 1])
-    if run.name != {failing!r}:
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "final_model.pth").write_text("")
+    if run.name == {failing!r}:
+        sys.exit(1)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "final_model.pth").write_text("")
+if args[0] == "test.py" and "--split" in args:  # a fold scored: its metrics.json
+    out = Path(args[args.index("--output-dir") + 1])
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text("{{}}")
 """
 
 
@@ -537,9 +542,15 @@ def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_al
         + [["main.py", "--data-dir", "/data/MIT", "--fold", str(k), "--run-name", f"t_fold{k}",
             "--checkpoint-dir", str(ck), "--epochs", "12", "--teacher", f"t_fold{k}/best.pth"]
            for k in range(4, 10)])
-    assert calls[-1] == ["test.py", "--data-dir", "/data/MIT", "--output-dir",
-                         str(tmp_path / "out"), "--folds",
-                         *(f"{ck}/t_fold{k}/best.pth" for k in range(10))]
+    out = tmp_path / "out"
+    scored = sorted(call for call in calls if call[0] == "test.py" and "--split" in call)
+    assert scored == sorted(["test.py", "--data-dir", "/data/MIT", "--checkpoint",
+                             f"{ck}/t_fold{k}/best.pth", "--split", f"fold{k}/test",
+                             "--output-dir", f"{out}/fold{k}"] for k in range(10))
+    assert calls[-1] == ["test.py", "--data-dir", "/data/MIT", "--output-dir", str(out),
+                         "--folds", *(f"{out}/fold{k}" for k in range(10))]
+    status, _, again = run_train_folds(tmp_path)  # all trained and scored: pooled only
+    assert status == 0 and [call[0] for call in again[len(calls):]] == ["-c", "test.py"]
 
 
 def test_the_fold_script_restarts_a_fold_stopped_before_its_first_checkpoint(tmp_path):
@@ -563,8 +574,10 @@ def test_the_fold_script_restarts_a_fold_stopped_before_its_first_checkpoint(tmp
 def test_the_fold_script_scores_nothing_while_a_fold_is_unfinished(tmp_path):
     status, stdout, calls = run_train_folds(tmp_path, failing="t_fold4")
     assert status == 1 and "fold 4 did not finish" in stdout
-    assert not any(call[0] == "test.py" for call in calls)
+    assert not any("--folds" in call for call in calls)
     assert sum(call[0] == "main.py" for call in calls) == 10
+    scored = {call[call.index("--split") + 1] for call in calls if "--split" in call}
+    assert scored == {f"fold{k}/test" for k in range(10) if k != 4}  # kept as they finish
 
 
 FREE_64_MB = """

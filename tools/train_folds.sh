@@ -16,9 +16,11 @@
 # every epoch) survives even a kill; running this script again resumes the newer of the two on
 # DATA (a copy of the data elsewhere will do: main.py checks its content) and skips the folds
 # that have a final_model.pth.
-# Scores use each fold's best.pth, the epoch chosen on its inner validation fold (never on
-# the images it holds out). Environment: DATA (data/MIT1003), NAME (cv), PARALLEL (1),
-# PY (python), CHECKPOINTS (checkpoint), OUT (results/cv_NAME).
+# Each fold, once trained, is scored on the images it held out by its best.pth (the epoch chosen
+# on its inner validation fold, never on those images) into OUT/fold<K>: per-image scores and
+# raw maps, as docs/cv_* keep them (a fold already scored there is not scored again); once all
+# ten are in, test.py --folds pools them into OUT. Environment: DATA (data/MIT1003), NAME (cv),
+# PARALLEL (1), PY (python), CHECKPOINTS (checkpoint), OUT (results/cv_NAME).
 set -u
 DATA=${DATA:-data/MIT1003}
 NAME=${NAME:-cv}
@@ -55,18 +57,25 @@ run_fold() {
     $PY main.py --data-dir "$DATA" --fold "$k" --run-name "${NAME}_fold$k" \
         --checkpoint-dir "$CHECKPOINTS" "$@"
 }
+score_fold() {
+    local k=$1
+    [ -f "$OUT/fold$k/metrics.json" ] && return 0
+    $PY test.py --data-dir "$DATA" --checkpoint "$CHECKPOINTS/${NAME}_fold$k/best.pth" \
+        --split "fold$k/test" --output-dir "$OUT/fold$k"
+}
 # the image cache is built once, before the runs that share it start
 $PY -c 'import sys, dataset; dataset.load_mit(sys.argv[1], "all")' "$DATA" > /dev/null || exit 1
 for k in 0 1 2 3 4 5 6 7 8 9; do
     while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
     echo "fold $k: log in $CHECKPOINTS/logs_$NAME/fold$k.log"
-    run_fold "$k" "$@" > "$CHECKPOINTS/logs_$NAME/fold$k.log" 2>&1 &
+    { run_fold "$k" "$@" && score_fold "$k"; } > "$CHECKPOINTS/logs_$NAME/fold$k.log" 2>&1 &
 done
 wait
 missing=0
 for k in 0 1 2 3 4 5 6 7 8 9; do
     [ -f "$CHECKPOINTS/${NAME}_fold$k/final_model.pth" ] || { echo "fold $k did not finish"; missing=1; }
+    [ -f "$OUT/fold$k/metrics.json" ] || { echo "fold $k was not scored (see its log)"; missing=1; }
 done
 [ "$missing" = 0 ] || exit 1
 $PY test.py --data-dir "$DATA" --output-dir "$OUT" \
-    --folds $(for k in 0 1 2 3 4 5 6 7 8 9; do echo "$CHECKPOINTS/${NAME}_fold$k/best.pth"; done)
+    --folds $(for k in 0 1 2 3 4 5 6 7 8 9; do echo "$OUT/fold$k"; done)
