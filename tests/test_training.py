@@ -561,6 +561,8 @@ def test_the_fold_script_restarts_a_fold_stopped_before_its_first_checkpoint(tmp
     (ck / "t_fold4" / "features").mkdir(parents=True)
     (ck / "t_fold5").mkdir()
     (ck / "t_fold5" / ".lock").write_text(f"{os.getpid()} {socket.gethostname()}")
+    (tmp_path / "out" / "fold7").mkdir(parents=True)  # scored and kept: not trained again
+    (tmp_path / "out" / "fold7" / "metrics.json").write_text("{}")
     status, output, calls = run_train_folds(tmp_path, data=data)
     assert calls[0][0] == "-c" and calls[0][-1] == data
     assert status == 1 and "fold 4 had no checkpoint" in output
@@ -568,7 +570,8 @@ def test_the_fold_script_restarts_a_fold_stopped_before_its_first_checkpoint(tmp
     [stopped] = ck.glob("t_fold4.stopped-*")
     assert (stopped / "features").is_dir()
     started = {call[call.index("--fold") + 1] for call in calls if "--fold" in call}
-    assert started == {str(k) for k in range(10) if k != 5}
+    assert started == {str(k) for k in range(10) if k not in (5, 7)}
+    assert not any("fold7/test" in call for call in calls)
 
 
 def test_the_fold_script_scores_nothing_while_a_fold_is_unfinished(tmp_path):

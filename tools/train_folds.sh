@@ -18,7 +18,7 @@
 # that have a final_model.pth.
 # Each fold, once trained, is scored on the images it held out by its best.pth (the epoch chosen
 # on its inner validation fold, never on those images) into OUT/fold<K>: per-image scores and
-# raw maps, as docs/cv_* keep them (a fold already scored there is not scored again); once all
+# raw maps, as docs/cv_* keep them (a fold already scored there is skipped); once all
 # ten are in, test.py --folds pools them into OUT. Environment: DATA (data/MIT1003), NAME (cv),
 # PARALLEL (1), PY (python), CHECKPOINTS (checkpoint), OUT (results/cv_NAME).
 set -u
@@ -66,6 +66,8 @@ score_fold() {
 # the image cache is built once, before the runs that share it start
 $PY -c 'import sys, dataset; dataset.load_mit(sys.argv[1], "all")' "$DATA" > /dev/null || exit 1
 for k in 0 1 2 3 4 5 6 7 8 9; do
+    # scored in OUT already (e.g. kept in docs/): neither trained nor scored again
+    [ -f "$OUT/fold$k/metrics.json" ] && continue
     while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
     echo "fold $k: log in $CHECKPOINTS/logs_$NAME/fold$k.log"
     { run_fold "$k" "$@" && score_fold "$k"; } > "$CHECKPOINTS/logs_$NAME/fold$k.log" 2>&1 &
@@ -73,8 +75,9 @@ done
 wait
 missing=0
 for k in 0 1 2 3 4 5 6 7 8 9; do
-    [ -f "$CHECKPOINTS/${NAME}_fold$k/final_model.pth" ] || { echo "fold $k did not finish"; missing=1; }
-    [ -f "$OUT/fold$k/metrics.json" ] || { echo "fold $k was not scored (see its log)"; missing=1; }
+    [ -f "$OUT/fold$k/metrics.json" ] && continue
+    [ -f "$CHECKPOINTS/${NAME}_fold$k/final_model.pth" ] && echo "fold $k was not scored (see its log)" || echo "fold $k did not finish"
+    missing=1
 done
 [ "$missing" = 0 ] || exit 1
 $PY test.py --data-dir "$DATA" --output-dir "$OUT" \
