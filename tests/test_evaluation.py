@@ -440,24 +440,37 @@ def test_a_missing_data_dir_is_the_only_line_test_py_prints(tmp_path):
 
 
 @pytest.mark.parametrize("kept, row_start", [
-    ("cv_adam", "| MrCNN, the shipped teacher's recipe"),
+    ("cv_adam_run3", "| MrCNN, the shipped teacher's recipe"),
     ("cv_sgd", "| MrCNN, the paper's SGD recipe")])
 def test_the_readmes_cross_validation_rows_pool_from_the_scores_kept_in_docs(tmp_path, kept,
                                                                              row_start):
     """Each printed figure of these rows (and of the centre bias) is what test.py --folds gives
-    over docs/<kept>/fold0..9, to the last printed digit."""
+    over docs/<kept>/fold0..9, to the last printed digit; the BMS columns are those of the
+    pooled metrics.json kept beside the folds, whose own rows are that same pooling."""
     assert set(dataset.read_split("val")) == set(dataset.read_split("fold8/test"))
     folders = [str(ROOT / "docs" / kept / f"fold{k}") for k in range(10)]
     assert load_test_py().main(["--data-dir", str(tmp_path / "absent"), "--folds", *folders,
                                 "--output-dir", str(tmp_path / "out")]) == 0
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]
+    pooled = ROOT / "docs" / kept / "metrics.json"
+    literature = {}
+    if pooled.exists():
+        kept_pooling = json.loads(pooled.read_text())
+        assert kept_pooling["rows"] == rows
+        literature = kept_pooling["literature_rows"]
     readme = (ROOT / "README.md").read_text().splitlines()
     for start, row in ((row_start, "raw"), ("| centre bias (Gaussian)", "centre_bias")):
         [line] = [line for line in readme if line.startswith(start)]
-        cells = [c.replace("*", "").split("+-") for c in line.split("|")[2:6]]
-        for metric, (mean, ci) in zip(("auc_shuffled", "auc_judd", "nss", "cc"), cells):
+        cells = [c.replace("*", "").strip() for c in line.split("|")[2:8]]
+        for metric, cell in zip(("auc_shuffled", "auc_judd", "nss", "cc"), cells):
+            mean, ci = cell.split("+-")
             assert f"{rows[row][metric]['mean']:.4f}" == mean.strip(), (row, metric)
             assert f"{rows[row][metric]['ci95']:.4f}" == ci.strip(), (row, metric)
+        if row in literature:
+            for protocol, cell in zip(("bms2014", "bms2013"), cells[4:]):
+                best = literature[row][protocol]
+                assert cell == f"{best['best']:.4f} ({best['best_sigma']:.2f})", (row, protocol)
+    assert kept == "cv_sgd" or literature, "the Adam recipe's pooled literature block is kept"
 
 
 def test_the_literature_table_reads_kept_folds_and_weights_their_mean_by_images(tmp_path):
