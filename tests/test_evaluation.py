@@ -467,7 +467,7 @@ def test_the_readmes_cross_validation_rows_pool_from_the_scores_kept_in_docs(tmp
             assert f"{rows[row][metric]['mean']:.4f}" == mean.strip(), (row, metric)
             assert f"{rows[row][metric]['ci95']:.4f}" == ci.strip(), (row, metric)
         if row in literature:
-            for protocol, cell in zip(("bms2014", "bms2013"), cells[4:]):
+            for protocol, cell in zip(metrics.BMS_PROTOCOLS, cells[4:]):
                 best = literature[row][protocol]
                 assert cell == f"{best['best']:.4f} ({best['best_sigma']:.2f})", (row, protocol)
     assert kept == "cv_sgd" or literature, "the Adam recipe's pooled literature block is kept"
