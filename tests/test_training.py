@@ -498,6 +498,7 @@ if args[0] == "main.py":  # a fold run: finish it, unless it is the fold told to
         sys.exit(1)
     run.mkdir(parents=True, exist_ok=True)
     (run / "final_model.pth").write_text("")
+    print(f"run {{run.name}} finished")
 if args[0] == "test.py" and "--split" in args:  # a fold scored: its metrics.json
     out = Path(args[args.index("--output-dir") + 1])
     out.mkdir(parents=True)
@@ -523,8 +524,8 @@ def run_train_folds(tmp_path, failing="", data="/data/MIT"):
 
 def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_all_ten(tmp_path):
     """Finished folds are skipped, stopped ones resumed from their newest checkpoint (an
-    interrupted.pth that a resumed run has since gone past is stale), new ones started with {K}
-    in their arguments replaced by the fold; then the ten are scored."""
+    interrupted.pth that a resumed run has since gone past is stale) with their logs kept, new
+    ones started with {K} in their arguments replaced by the fold; then the ten are scored."""
     ck = tmp_path / "ck"
     for k, names in ((0, ["final_model.pth"]), (1, ["last.pth", "interrupted.pth"]),
                      (2, ["last.pth"]), (3, ["interrupted.pth", "last.pth"])):
@@ -532,8 +533,12 @@ def test_the_fold_script_skips_finished_folds_resumes_stopped_ones_and_scores_al
         for age, name in enumerate(reversed(names)):  # the last named is the newest
             (ck / f"t_fold{k}" / name).write_text("")
             os.utime(ck / f"t_fold{k}" / name, (1e9 - 100 * age, 1e9 - 100 * age))
+    (ck / "logs_t").mkdir()
+    (ck / "logs_t" / "fold2.log").write_text("epoch 1/12: before the stop\n")
     status, _, calls = run_train_folds(tmp_path)
     assert status == 0
+    assert (ck / "logs_t" / "fold2.log").read_text().splitlines()[:2] == [
+        "epoch 1/12: before the stop", "run t_fold2 finished"]  # the resumed fold's log grows
     runs = sorted(call for call in calls if call[0] == "main.py")
     assert runs == sorted(
         [["main.py", "--resume", f"{ck}/t_fold{k}/{name}", "--data-dir", "/data/MIT",

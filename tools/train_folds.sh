@@ -70,7 +70,8 @@ for k in 0 1 2 3 4 5 6 7 8 9; do
     [ -f "$OUT/fold$k/metrics.json" ] && continue
     while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
     echo "fold $k: log in $CHECKPOINTS/logs_$NAME/fold$k.log"
-    { run_fold "$k" "$@" && score_fold "$k"; } > "$CHECKPOINTS/logs_$NAME/fold$k.log" 2>&1 &
+    # appended to: a resumed fold's log keeps the epochs it ran before the stop
+    { run_fold "$k" "$@" && score_fold "$k"; } >> "$CHECKPOINTS/logs_$NAME/fold$k.log" 2>&1 &
 done
 wait
 missing=0
