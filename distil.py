@@ -44,6 +44,12 @@ def teacher_maps(teachers, train_set, cache_dir, device, precision, blur_sigma=0
 def _one_teacher(path, state, images_digest, train_set, cache_dir, device, precision):
     """One teacher's maps, float [N, 50, 50], read from the cache when its key matches (the
     training images, device type, precision and the teacher file's bytes)."""
+    # built even when its maps are cached: building draws initial weights from the global RNG,
+    # and the run's dropout must not depend on whether the cache was filled
+    try:
+        teacher = model_from_checkpoint(state, path)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}")
     cached = None
     try:
         digest = images_digest.copy()
@@ -55,11 +61,7 @@ def _one_teacher(path, state, images_digest, train_set, cache_dir, device, preci
             return maps
     except Exception:  # not cached yet, or an unreadable cache file
         pass
-    try:
-        teacher = model_from_checkpoint(state, path).to(device)
-    except CheckpointError as error:
-        raise SystemExit(f"error: {error}")
-    maps = torch.stack(predict_maps(teacher, train_set, precision=precision)).cpu()
+    maps = torch.stack(predict_maps(teacher.to(device), train_set, precision=precision)).cpu()
     print(f"teacher {path}: dense maps of {len(maps)} training images", flush=True)
     if cached is not None:
         try:

@@ -325,6 +325,22 @@ def test_teacher_maps_are_cached_and_an_unreadable_cache_file_is_recomputed(tmp_
     assert len(list(cached.parent.glob("*.pt"))) == 2 and not torch.allclose(other, first)
 
 
+def test_a_run_draws_the_same_random_numbers_whether_its_teacher_maps_are_cached_or_not(
+        tmp_path):
+    """Dropout and everything else after the teacher maps come from the global RNG: a cold and a
+    warm cache must leave it in the same state, or two runs of one command differ."""
+    train_set = dataset.load_synthetic(4, seed=0)
+    path = str(PRETRAINED / "MrCNNs.pth")
+    teachers = [(path, load_checkpoint(path))]
+    after = []
+    for _ in range(2):  # the first call fills the cache, the second reads it
+        torch.manual_seed(0)
+        distil.teacher_maps(teachers, train_set, tmp_path, torch.device("cpu"), "fp32")
+        after.append(torch.rand(8))
+    assert len(list((tmp_path / "teacher_maps").glob("*.pt"))) == 1
+    assert torch.equal(after[0], after[1])
+
+
 def test_a_new_run_never_shares_its_folder_with_another_run(tmp_path, small_synthetic):
     args = make_args(tmp_path, "--run-name", "same")
     first = main.build(args)
