@@ -442,7 +442,8 @@ def test_a_missing_data_dir_is_the_only_line_test_py_prints(tmp_path):
 @pytest.mark.parametrize("kept, row_start", [
     ("cv_adam_run3", "| MrCNN, the shipped teacher's recipe"),
     ("cv_sgd", "| MrCNN, the paper's SGD recipe"),
-    ("cv_mrcnns", "| MrCNNs, the teacher's recipe")])
+    ("cv_mrcnns", "| MrCNNs, the teacher's recipe"),
+    ("cv_distil", "| MrCNN distilled from the fold's two models")])
 def test_the_readmes_cross_validation_rows_pool_from_the_scores_kept_in_docs(tmp_path, kept,
                                                                              row_start):
     """Each printed figure of these rows (and of the centre bias) is what test.py --folds gives
